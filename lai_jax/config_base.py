@@ -1,0 +1,144 @@
+"""The one place that defines every config field; `configs/<dataset>.py` only set dataset values.
+
+Every field is overridable on the command line (`--config.model.gcn_layers=2`); an unknown field is
+an error (ml_collections refuses it).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+PHASES = ("ner", "re")
+
+
+def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
+    """Defaults shared by all datasets for one phase ("ner" or "re")."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES} (as in --config=configs/{dataset}.py:ner), got {phase!r}")
+    c = ml_collections.ConfigDict()
+    # Benchmark name: scierc | ade | conll04 | ace05 | custom (custom reads <data.dir>/<split>.json).
+    c.dataset = dataset
+    # Which model this run trains: "ner" (entities) or "re" (relations over given entities).
+    c.phase = phase
+    # Encoder: "default" = the offline packaged MiniLM-L6 BERT; else a local Hugging Face directory or a hub name.
+    c.encoder = "default"
+    # Random seed for parameters, dropout and data order.
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    # Folder with <split>.json files; "" = the bundled copy (through the tfds builders). ACE05: your PURE JSONL folder.
+    c.data.dir = ""
+    # Label annotation file; "" = <bundled data>/<dataset>/labels.json.
+    c.data.labels = ""
+    # ADE cross-validation fold (0-9).
+    c.data.fold = 0
+    # Split names. An empty dev_split holds out `dev_holdout` of train for model selection (ADE has no dev).
+    c.data.train_split = "train"
+    c.data.dev_split = "dev"
+    c.data.test_split = "test"
+    # Fraction of training documents held out as dev when dev_split is "".
+    c.data.dev_holdout = 0.1
+    # Read the bundled benchmarks through their tensorflow-datasets builders (False: plain readers).
+    c.data.use_tfds = True
+    # Where the tfds builders cache prepared data; "" = ~/.cache/lai_jax/tfds (or $LAI_JAX_TFDS_DIR).
+    c.data.tfds_dir = ""
+    # Use only the first N sentences of each split (0 = all); for quick runs.
+    c.data.train_limit = 0
+    c.data.eval_limit = 0
+
+    # C: wordpieces of sentence + document context per instance (paper: 150 ACE05/SciERC, 100 ADE).
+    c.max_text_len = 150
+    # L: longest candidate span in words.
+    c.max_span_len = 8
+    # K: candidate slots per NER instance; sentences with more candidates are split.
+    c.max_candidates = 220
+    # Object slots per RE instance (PL-Marker: 32 ACE05, 16 SciERC).
+    c.max_objects = 16
+    # Annotation segment on/off; False is the paper's "w/o 1st round" ablation (and disables G4CN).
+    c.use_annotations = True
+    # Partial attention preset: invisible (paper's best) | visible | full | plmarker.
+    c.attention_mask = "invisible"
+    # Explicit 3x3 (TEXT, ANNO, MARKER) query-sees-key table; empty = use the preset.
+    c.visibility = ()
+
+    c.model = ml_collections.ConfigDict()
+    # G4CN blocks (0-5; 0 = the paper's "w/o 2nd round").
+    c.model.gcn_layers = 2
+    # Densely connected sub-layers per block; their widths add up to the hidden size.
+    c.model.gcn_sublayers = 2
+    # Graph heads (1, 2, 3, 4 or 6; must divide the hidden size).
+    c.model.gcn_heads = 4
+    # Gaussian dimension of each node's distribution (GDPNet: 1).
+    c.model.gauss_dim = 1
+    # Edge weight: "kl" (GDPNet) or "exp_neg_kl".
+    c.model.edge = "kl"
+    # Dropout in the heads and the encoder.
+    c.model.dropout = 0.1
+    # NER entity filter (ablation: False classifies every candidate directly).
+    c.model.use_filter = True
+    # Compute dtype: float32 | bfloat16 (parameters stay float32).
+    c.model.dtype = "float32"
+    # Rematerialise each encoder layer (saves activation memory on long inputs).
+    c.model.remat = False
+
+    # Per-device batch size (paper, NER: 16 SciERC / 20 ACE05 / 14 ADE; RE: 40 / 50 / 64).
+    c.per_device_batch_size = 16 if phase == "ner" else 40
+    # Per-device batch size at evaluation.
+    c.per_device_eval_batch_size = 32 if phase == "ner" else 64
+    # Training epochs (paper: 80 NER, 60 RE).
+    c.num_epochs = 80 if phase == "ner" else 60
+    # NER cold start: epochs in which the gold entities replace the filter (paper: 15 ACE05, 40 SciERC/ADE).
+    c.cold_start_epochs = 40 if phase == "ner" else 0
+    # Stop after this many steps (0 = run all epochs); for smoke tests and quick looks.
+    c.max_steps = 0
+    # Evaluate on dev (and checkpoint) every N epochs, and at the end.
+    c.eval_every_epochs = 1
+    # Or every N steps if > 0 (overrides eval_every_epochs).
+    c.eval_every_steps = 0
+    # Console / TensorBoard loss logging interval in steps (also the NaN-check interval).
+    c.log_every_steps = 10
+
+    c.optim = ml_collections.ConfigDict()
+    # Peak learning rate of the heads (paper: 4e-4).
+    c.optim.learning_rate = 4e-4
+    # Peak learning rate of the encoder.
+    c.optim.encoder_learning_rate = 2e-5
+    # Fraction of steps spent in linear warm-up, then linear decay to 0.
+    c.optim.warmup_ratio = 0.1
+    # AdamW weight decay (not applied to biases and layer norms).
+    c.optim.weight_decay = 0.01
+    # Global gradient-norm clip (0 = off).
+    c.optim.grad_clip = 1.0
+
+    c.ner = ml_collections.ConfigDict()
+    # Entity filter probability threshold at decoding.
+    c.ner.filter_threshold = 0.5
+    # Greedy non-overlapping decoding (flat datasets: all bundled ones).
+    c.ner.flat_ner = True
+
+    c.re = ml_collections.ConfigDict()
+    # NER workdir whose predictions supply entities for end-to-end RE ("" = gold entities).
+    c.re.entities_from = ""
+    # Direction rule: both (paper) | either | sum (PL-Marker).
+    c.re.re_decode = "both"
+    # Probability threshold of a direction's decision.
+    c.re.threshold = 0.5
+
+    # Data-parallel runner: pmap (default) | shard_map (jit of shard_map over a ("data",) mesh).
+    c.parallel = "pmap"
+    # Call jax.distributed.initialize() (multi-host; SLURM/TPU environments fill the arguments).
+    c.distributed = False
+    # Testing hook: SIGKILL the process right after this step (0 = off); proves resume works.
+    c.debug_kill_after_step = 0
+    return c
+
+
+def set_fields(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """Set dotted fields ("model.gcn_layers") on a config, refusing unknown ones."""
+    for key, value in fields.items():
+        node, *path = c, *key.split(".")
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        if key.split(".")[-1] not in node:
+            raise KeyError(f"unknown config field {key!r}")
+        node[key.split(".")[-1]] = value
+    return c

@@ -1,0 +1,141 @@
+"""Entity/relation type inventories with their natural-language annotations (SPEC §2).
+
+The annotations live in a per-dataset ``labels.json`` that users may edit::
+
+    {"entities": {"GPE": "geography political entity", ...},
+     "relations": {"PER-SOC": {"annotation": "person social", "symmetric": true}, ...}}
+
+File order is the order of the annotation segment, so it is kept exactly. Top-level keys starting
+with ``_`` (e.g. ``_comment``) are ignored; any other unknown key is an error because it is most
+likely a typo that would otherwise silently drop labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Union
+
+from lai_jax.data.documents import DataError
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSet:
+    """Types and annotations of one dataset, in file order."""
+
+    entity_types: tuple[str, ...]
+    entity_annotations: tuple[str, ...]
+    relation_types: tuple[str, ...]
+    relation_annotations: tuple[str, ...]
+    symmetric: tuple[bool, ...]  # per relation type: is it its own inverse?
+
+    def __post_init__(self):
+        if len(self.entity_types) != len(self.entity_annotations):
+            raise ValueError("entity_types and entity_annotations differ in length")
+        if not (len(self.relation_types) == len(self.relation_annotations) == len(self.symmetric)):
+            raise ValueError("relation_types, relation_annotations and symmetric differ in length")
+
+    @property
+    def num_entity_types(self) -> int:
+        return len(self.entity_types)
+
+    @property
+    def num_relation_types(self) -> int:
+        return len(self.relation_types)
+
+    def entity_index(self) -> dict[str, int]:
+        """Type -> position in the annotation segment (0-based; 'none' classes are the caller's business)."""
+        return {t: i for i, t in enumerate(self.entity_types)}
+
+    def relation_index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.relation_types)}
+
+    def is_symmetric(self, relation_type: str) -> bool:
+        return self.symmetric[self.relation_types.index(relation_type)]
+
+    def to_json(self) -> dict[str, Any]:
+        """Inverse of :func:`load_labels` (without comments)."""
+        return {
+            "entities": dict(zip(self.entity_types, self.entity_annotations)),
+            "relations": {t: {"annotation": a, "symmetric": s}
+                          for t, a, s in zip(self.relation_types, self.relation_annotations, self.symmetric)},
+        }
+
+
+def _pairs_no_duplicates(path: PathLike):
+    # json.load keeps the last of duplicate keys; a duplicated type is almost surely an editing mistake.
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DataError(path, "file", key, f"duplicate key {key!r}")
+            seen[key] = value
+        return seen
+    return hook
+
+
+def _annotation(path: PathLike, where: str, field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise DataError(path, where, field, f"annotation must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(path, where, field, "annotation is empty")
+    return value.strip()
+
+
+def load_labels(path: PathLike) -> LabelSet:
+    """Read a ``labels.json``; raise :class:`DataError` naming the file and field on bad content."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file", "path", "file not found")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_pairs_no_duplicates(path))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"line {e.lineno}", "json", f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, "file", "encoding", f"not UTF-8: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, "file", "<top level>", f"expected a JSON object, got {type(obj).__name__}")
+    for key in obj:
+        if key not in ("entities", "relations") and not key.startswith("_"):
+            raise DataError(path, "file", key, "unknown key (expected 'entities' and 'relations')")
+    for key in ("entities", "relations"):
+        if key not in obj:
+            raise DataError(path, "file", key, "missing required key")
+        if not isinstance(obj[key], dict):
+            raise DataError(path, "file", key, f"must be an object type -> annotation, got {type(obj[key]).__name__}")
+
+    entities: dict[str, Any] = obj["entities"]
+    if not entities:
+        raise DataError(path, "file", "entities", "no entity types")
+    ent_types, ent_annos = [], []
+    for etype, anno in entities.items():
+        if not etype.strip():
+            raise DataError(path, "entities", repr(etype), "empty type name")
+        ent_types.append(etype)
+        ent_annos.append(_annotation(path, "entities", etype, anno))
+
+    # An empty relation inventory is allowed: NER-only datasets have no RE phase.
+    rel_types, rel_annos, symmetric = [], [], []
+    for rtype, spec in obj["relations"].items():
+        if not rtype.strip():
+            raise DataError(path, "relations", repr(rtype), "empty type name")
+        if not isinstance(spec, dict):
+            raise DataError(path, "relations", rtype,
+                            'expected {"annotation": str, "symmetric": bool}, got ' + type(spec).__name__)
+        for key in spec:
+            if key not in ("annotation", "symmetric") and not key.startswith("_"):
+                raise DataError(path, f"relations.{rtype}", key, "unknown key (expected 'annotation', 'symmetric')")
+        for key in ("annotation", "symmetric"):
+            if key not in spec:
+                raise DataError(path, f"relations.{rtype}", key, "missing required key")
+        if not isinstance(spec["symmetric"], bool):
+            raise DataError(path, f"relations.{rtype}", "symmetric",
+                            f"must be true or false, got {spec['symmetric']!r}")
+        rel_types.append(rtype)
+        rel_annos.append(_annotation(path, f"relations.{rtype}", "annotation", spec["annotation"]))
+        symmetric.append(spec["symmetric"])
+
+    return LabelSet(tuple(ent_types), tuple(ent_annos), tuple(rel_types), tuple(rel_annos), tuple(symmetric))

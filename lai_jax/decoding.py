@@ -1,0 +1,259 @@
+"""Host-side decoding of model outputs (numpy arrays) into entities and relation triples.
+
+NER (``decode_ner``)
+--------------------
+A candidate span is an entity iff ``(not use_filter or filter_prob >= filter_threshold)`` and the
+argmax of its type distribution is not the none class (index 0; ties go to the lowest index, so a tie
+with none means none). Its score is the **type probability alone** (``type_probs[argmax]``), not
+multiplied by the filter probability, so scores are comparable whether or not the filter is used.
+Several instances scoring the same span are merged after filtering: the kept prediction with the
+highest score wins (its type and score). ``flat=True`` then keeps a greedy non-overlapping subset
+(highest score first, ties by (start, end, type); any span overlapping an accepted one is dropped,
+whatever its type). The result is sorted by (start, end, type).
+
+RE label space (``RelationLabelSpace``)
+---------------------------------------
+Class 0 = none; 1..R = the relation types in label-file order, forward (this slot's subject is the
+relation's head, its object the tail); then R+1.. = one inverse class per *asymmetric* type, in the same
+order (this slot's subject is the relation's tail, its object the head). A symmetric type is its own
+inverse. ``swap(c)`` maps a class to what the same fact looks like from the other direction's slot
+(forward r <-> inverse r; symmetric and none map to themselves).
+
+RE decoding (``decode_relations``)
+----------------------------------
+For the ordered pair (i, j), A = ``pair_probs[(i, j)]`` (subject i, object j, from i's instance) and
+B = ``pair_probs[(j, i)]``. The evidence for the triple (i -> j, r) is A[forward_id(r)] and
+B[inverse_id(r)] (both forward ids for a symmetric r). Rules:
+
+* ``both`` (paper): stands iff argmax(A) = forward(r) with A[.] >= threshold AND
+  argmax(B) = inverse(r) with B[.] >= threshold; score = mean of the two probabilities. Needs both
+  directions: a pair with a missing direction yields nothing.
+* ``either``: stands iff argmax(A) = forward(r) with prob >= threshold, or argmax(B) = inverse(r) with
+  prob >= threshold; score = the max over the directions that give it. (Two directions may give two
+  different triples for the same pair; both are returned.) A missing direction gives nothing.
+* ``sum`` (PL-Marker): per class c in the (i, j) slot's frame, combined[c] = log A[c] + log B[swap(c)]
+  (so none_A + none_B, forward r_A + inverse r_B, inverse r_A + forward r_B); the argmax over all
+  classes is the decision, and a triple stands iff it is not none. ``threshold`` is **unused** (as in
+  PL-Marker). Score = geometric mean of the directions' probabilities, exp(combined / n_directions).
+  With one direction missing, only the present one is used (= its argmax). At most one triple per
+  unordered pair.
+
+Symmetric types: (i -> j, r) and (j -> i, r) are the same relation; only the one whose head span comes
+first in span order ((start, end) tuple comparison) is output. Duplicate triples (e.g. the same triple
+from both directions, or entities listed twice) are merged keeping the max score. The result is a list
+of (head_span, tail_span, type, score) sorted by (head, tail, type). Probabilities are clipped at 1e-30
+before the log.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+Span = tuple[int, int]
+RE_DECODE_RULES = ("both", "either", "sum")
+
+
+def _overlaps(a: Span, b: Span) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def decode_ner(spans: list[Span], filter_prob: Optional[np.ndarray], type_probs: np.ndarray,
+               entity_types: Sequence[str], flat: bool = False, filter_threshold: float = 0.5,
+               use_filter: bool = True) -> list[tuple[int, int, str, float]]:
+    """Decode entities ``(start, end, type, score)`` from per-span filter and type probabilities.
+
+    ``type_probs`` is [n, 1 + E] with column 0 = none; ``filter_prob`` is [n] (may be None when
+    ``use_filter`` is False). See the module docstring for the rules.
+    """
+    type_probs = np.asarray(type_probs, dtype=np.float64)
+    n = len(spans)
+    if type_probs.ndim != 2 or type_probs.shape != (n, 1 + len(entity_types)):
+        raise ValueError(f"type_probs has shape {type_probs.shape}, expected ({n}, {1 + len(entity_types)})")
+    if use_filter:
+        if filter_prob is None:
+            raise ValueError("filter_prob is required when use_filter is True")
+        filter_prob = np.asarray(filter_prob, dtype=np.float64).reshape(-1)
+        if filter_prob.shape != (n,):
+            raise ValueError(f"filter_prob has shape {filter_prob.shape}, expected ({n},)")
+    best: dict[Span, tuple[str, float]] = {}
+    if n:
+        labels = np.argmax(type_probs, axis=-1)
+        for k, (s, e) in enumerate(spans):
+            if use_filter and not filter_prob[k] >= filter_threshold:
+                continue
+            lab = int(labels[k])
+            if lab == 0:
+                continue
+            span = (int(s), int(e))
+            cand = (entity_types[lab - 1], float(type_probs[k, lab]))
+            if span not in best or cand[1] > best[span][1]:
+                best[span] = cand
+    ents = [(s, e, t, p) for (s, e), (t, p) in best.items()]
+    if flat:
+        accepted: list[tuple[int, int, str, float]] = []
+        for ent in sorted(ents, key=lambda x: (-x[3], x[0], x[1], x[2])):
+            if not any(_overlaps(ent[:2], a[:2]) for a in accepted):
+                accepted.append(ent)
+        ents = accepted
+    return sorted(ents, key=lambda x: (x[0], x[1], x[2]))
+
+
+@dataclasses.dataclass(frozen=True)
+class RelationLabelSpace:
+    """The RE classifier's classes: none, forward per type, inverse per asymmetric type."""
+
+    relation_types: tuple[str, ...]
+    symmetric: tuple[bool, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "relation_types", tuple(self.relation_types))
+        object.__setattr__(self, "symmetric", tuple(bool(s) for s in self.symmetric))
+        if len(self.relation_types) != len(self.symmetric):
+            raise ValueError(f"{len(self.relation_types)} relation types but {len(self.symmetric)} "
+                             "symmetric flags")
+        if len(set(self.relation_types)) != len(self.relation_types):
+            raise ValueError(f"duplicate relation types in {self.relation_types}")
+        inv, nxt = {}, 1 + len(self.relation_types)
+        for k, (r, sym) in enumerate(zip(self.relation_types, self.symmetric)):
+            if sym:
+                inv[r] = 1 + k
+            else:
+                inv[r], nxt = nxt, nxt + 1
+        object.__setattr__(self, "_inverse", inv)
+
+    @classmethod
+    def from_types(cls, relation_types: Sequence[str], symmetric_types: Sequence[str] = ()) -> "RelationLabelSpace":
+        """Build from the type list and the names of the symmetric ones."""
+        unknown = set(symmetric_types) - set(relation_types)
+        if unknown:
+            raise ValueError(f"symmetric types {sorted(unknown)} are not relation types")
+        sym = set(symmetric_types)
+        return cls(tuple(relation_types), tuple(r in sym for r in relation_types))
+
+    @property
+    def num_classes(self) -> int:
+        return 1 + len(self.relation_types) + sum(not s for s in self.symmetric)
+
+    def is_symmetric(self, rtype: str) -> bool:
+        return self.symmetric[self.relation_types.index(rtype)]
+
+    def forward_id(self, rtype: str) -> int:
+        try:
+            return 1 + self.relation_types.index(rtype)
+        except ValueError:
+            raise ValueError(f"unknown relation type {rtype!r}; known: {self.relation_types}") from None
+
+    def inverse_id(self, rtype: str) -> int:
+        """The inverse class of ``rtype`` (== forward_id for a symmetric type)."""
+        self.forward_id(rtype)
+        return self._inverse[rtype]
+
+    def class_info(self, c: int) -> Optional[tuple[str, bool]]:
+        """Class id -> (relation type, is_inverse), None for the none class. Symmetric: is_inverse False."""
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f"class {c} out of range [0, {self.num_classes})")
+        if c == 0:
+            return None
+        if c <= len(self.relation_types):
+            return self.relation_types[c - 1], False
+        asym = [r for r, s in zip(self.relation_types, self.symmetric) if not s]
+        return asym[c - 1 - len(self.relation_types)], True
+
+    def class_names(self) -> list[str]:
+        """Human-readable class names: 'none', 'r', ..., 'r^-1', ..."""
+        names = ["none"] + list(self.relation_types)
+        names += [f"{r}^-1" for r, s in zip(self.relation_types, self.symmetric) if not s]
+        return names
+
+    def swap(self, c: int) -> int:
+        """The class describing the same fact from the reversed slot (forward <-> inverse)."""
+        info = self.class_info(c)
+        if info is None:
+            return 0
+        r, is_inv = info
+        return self.forward_id(r) if is_inv else self.inverse_id(r)
+
+    def swap_permutation(self) -> np.ndarray:
+        """``perm[c] = swap(c)`` for every class, as an int array."""
+        return np.array([self.swap(c) for c in range(self.num_classes)], dtype=np.int64)
+
+    def gold_label(self, pair_rel: Optional[str], reverse_rel: Optional[str]) -> int:
+        """Label of the (subj, obj) slot.
+
+        ``pair_rel`` is the gold relation subj -> obj (None if none), ``reverse_rel`` the gold relation
+        obj -> subj. The forward relation wins when both exist; otherwise the reverse one gives the
+        inverse class (its forward class when symmetric); 0 (none) when neither exists.
+        """
+        if pair_rel is not None:
+            return self.forward_id(pair_rel)
+        if reverse_rel is not None:
+            return self.inverse_id(reverse_rel)
+        return 0
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(p, 1e-30, None))
+
+
+def decode_relations(entities: list[Span], pair_probs: dict[tuple[int, int], np.ndarray],
+                     space: RelationLabelSpace, rule: str = "both", threshold: float = 0.5,
+                     ) -> list[tuple[Span, Span, str, float]]:
+    """Decode relation triples ``(head_span, tail_span, type, score)``; see the module docstring.
+
+    ``pair_probs[(i, j)]`` are the softmax probabilities [num_classes] of the slot with subject
+    ``entities[i]`` and object ``entities[j]``.
+    """
+    if rule not in RE_DECODE_RULES:
+        raise ValueError(f"unknown re_decode rule {rule!r}; expected one of {RE_DECODE_RULES}")
+    n, C = len(entities), space.num_classes
+    probs: dict[tuple[int, int], np.ndarray] = {}
+    for (i, j), p in pair_probs.items():
+        if not (0 <= i < n and 0 <= j < n) or i == j:
+            raise ValueError(f"pair ({i}, {j}) is invalid for {n} entities")
+        p = np.asarray(p, dtype=np.float64).reshape(-1)
+        if p.shape != (C,):
+            raise ValueError(f"pair ({i}, {j}) probs have shape {p.shape}, expected ({C},)")
+        probs[(i, j)] = p
+    spans = [(int(s), int(e)) for s, e in entities]
+    perm = space.swap_permutation()
+    out: dict[tuple[Span, Span, str], float] = {}
+
+    def emit(i: int, j: int, c: int, score: float) -> None:
+        """Class c read in the (subject i, object j) frame."""
+        r, is_inv = space.class_info(c)
+        head, tail = (spans[j], spans[i]) if is_inv else (spans[i], spans[j])
+        if space.is_symmetric(r) and tail < head:
+            head, tail = tail, head
+        key = (head, tail, r)
+        if key not in out or score > out[key]:
+            out[key] = score
+
+    unordered = sorted({(min(i, j), max(i, j)) for i, j in probs})
+    for i, j in unordered:
+        A, B = probs.get((i, j)), probs.get((j, i))
+        if rule == "both":
+            if A is None or B is None:
+                continue
+            c = int(np.argmax(A))
+            if c != 0 and int(np.argmax(B)) == perm[c] and A[c] >= threshold and B[perm[c]] >= threshold:
+                emit(i, j, c, float((A[c] + B[perm[c]]) / 2))
+        elif rule == "either":
+            for (s, o), P in (((i, j), A), ((j, i), B)):
+                if P is None:
+                    continue
+                c = int(np.argmax(P))
+                if c != 0 and P[c] >= threshold:
+                    emit(s, o, c, float(P[c]))
+        else:  # sum
+            parts = []
+            if A is not None:
+                parts.append(_log(A))
+            if B is not None:
+                parts.append(_log(B)[perm])  # B read in the (i, j) frame
+            combined = np.sum(parts, axis=0)
+            c = int(np.argmax(combined))
+            if c != 0:
+                emit(i, j, c, float(np.exp(combined[c] / len(parts))))
+    return sorted(((h, t, r, s) for (h, t, r), s in out.items()), key=lambda x: (x[0], x[1], x[2]))

@@ -1,0 +1,125 @@
+"""LAI-Net for one phase: encoder, candidate/pair representation, G4CN, task heads (SPEC §6-8).
+
+The module maps a batch of instances (see `lai_jax.data.features`) to logits; losses are separate pure
+functions returning (sums, counts) so that the train step can normalise by *global* real counts and a
+run on N devices equals one device on the same global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lai_jax.data import masks
+from lai_jax.encoder import BertConfig, BertEncoder
+from lai_jax.g4cn import G4CN
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Everything about the model but the encoder (config group `model`, plus mask fields)."""
+    phase: str  # "ner" | "re"
+    num_classes: int  # NER: 1 + entity types (0 = none); RE: RelationLabelSpace.num_classes
+    gcn_layers: int = 2
+    gcn_sublayers: int = 2
+    gcn_heads: int = 4
+    gauss_dim: int = 1
+    edge: str = "kl"
+    dropout: float = 0.1
+    use_filter: bool = True  # NER entity filter (ablation switch)
+    use_annotations: bool = True  # annotation segment; without it there is no G4CN either
+    visibility: tuple = ()  # 4x4 group table from masks.visibility_table, as nested tuples
+    partner_only: bool = False  # PL-Marker rule: a marker sees only itself and its partner among markers
+
+
+def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+    """h [B, T, d], idx [B, ...] token indices -> [B, ..., d]."""
+    flat = idx.reshape(idx.shape[0], -1)
+    out = jnp.take_along_axis(h, flat[..., None], axis=1)
+    return out.reshape(*idx.shape, h.shape[-1])
+
+
+class LAINet(nn.Module):
+    bert: BertConfig
+    head: HeadConfig
+
+    @nn.compact
+    def __call__(self, batch: dict, deterministic: bool = True) -> dict[str, jnp.ndarray]:
+        cfg, d = self.head, self.bert.hidden_size
+        dense = lambda n, name: nn.Dense(n, name=name, dtype=self.bert.dtype)  # noqa: E731
+        mask = masks.attention_mask(batch["token_groups"].astype(jnp.int32), batch["marker_partner"],
+                                    jnp.asarray(cfg.visibility, bool), cfg.partner_only, xp=jnp)
+        h = BertEncoder(self.bert, name="encoder")(batch["input_ids"], batch["position_ids"], batch["token_type_ids"], mask,
+                         deterministic=deterministic)
+        markers = [gather_tokens(h, batch["cand_marker_start"]), gather_tokens(h, batch["cand_marker_end"])]
+        if cfg.phase == "ner":
+            text = [gather_tokens(h, batch["cand_text_start"]), gather_tokens(h, batch["cand_text_end"])]
+            cand = dense(d, "span_proj")(jnp.concatenate(text + markers, axis=-1))
+        else:
+            subj = jnp.concatenate([gather_tokens(h, batch["subj_marker_start"]),
+                                    gather_tokens(h, batch["subj_marker_end"])], axis=-1)
+            subj = jnp.broadcast_to(subj[:, None], (*markers[0].shape[:2], subj.shape[-1]))
+            cand = dense(d, "pair_proj")(jnp.concatenate([subj] + markers, axis=-1))
+        cand = nn.Dropout(cfg.dropout)(cand, deterministic=deterministic)
+        if cfg.use_annotations and cfg.gcn_layers > 0:
+            anno = dense(d, "anno_proj")(jnp.concatenate(
+                [gather_tokens(h, batch["anno_start"]), gather_tokens(h, batch["anno_end"])], axis=-1))
+            nodes = jnp.concatenate([cand, anno.astype(cand.dtype)], axis=1)
+            node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones(anno.shape[:2], bool)], axis=1)
+            g = G4CN(hidden=d, gcn_layers=cfg.gcn_layers, gcn_sublayers=cfg.gcn_sublayers, gcn_heads=cfg.gcn_heads,
+                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dtype=self.bert.dtype,
+                     name="g4cn")(nodes, node_mask, deterministic=deterministic)
+            cand = 0.5 * (cand + g[:, :cand.shape[1]])
+        out = {"logits": dense(cfg.num_classes, "classifier")(cand).astype(jnp.float32)}
+        if cfg.phase == "ner" and cfg.use_filter:
+            out["filter_logits"] = dense(2, "filter")(cand).astype(jnp.float32)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def _xent(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+
+
+def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray) -> tuple[dict, dict]:
+    """L_ner = L_filter + L_span as (sums, counts) over real candidates (SPEC §7).
+
+    The span classifier sees the spans the filter keeps: the gold entities while `use_gold_filter`
+    (cold start), afterwards the filter's own stop-gradient decision.
+    """
+    real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
+    labels = batch["labels"]
+    is_entity = labels > 0
+    sums, counts = {}, {}
+    if "filter_logits" in out:
+        sums["filter"] = jnp.sum(_xent(out["filter_logits"], is_entity.astype(jnp.int32)) * real)
+        counts["filter"] = jnp.sum(real)
+        predicted = jax.lax.stop_gradient(jnp.argmax(out["filter_logits"], -1) == 1)
+        keep = real & jnp.where(use_gold_filter, is_entity, predicted)
+    else:
+        keep = real
+    sums["span"] = jnp.sum(_xent(out["logits"], labels) * keep)
+    counts["span"] = jnp.sum(keep)
+    return sums, counts
+
+
+def re_loss(out: dict, batch: dict, use_gold_filter: Optional[jnp.ndarray] = None) -> tuple[dict, dict]:
+    """Cross-entropy over real object slots (relation types + inverses + none)."""
+    del use_gold_filter
+    real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
+    return {"pair": jnp.sum(_xent(out["logits"], batch["labels"]) * real)}, {"pair": jnp.sum(real)}
+
+
+def predict_probs(out: dict) -> dict[str, jnp.ndarray]:
+    """Eval-time outputs shipped to the host for decoding."""
+    probs = {"type_probs": jax.nn.softmax(out["logits"], axis=-1)}
+    if "filter_logits" in out:
+        probs["filter_prob"] = jax.nn.softmax(out["filter_logits"], axis=-1)[..., 1]
+    return probs
+
+
+LOSSES: dict[str, Any] = {"ner": ner_loss, "re": re_loss}

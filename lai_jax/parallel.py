@@ -1,0 +1,99 @@
+"""Thin runners that map the per-device steps over all local devices.
+
+The steps themselves (`lai_jax.steps`) are pure functions of one device's shard that reduce over the
+mesh axis "data". `pmap` (default) and `jax.jit(jax.shard_map(...))` run the same functions; pmap is in
+maintenance mode in current JAX, so both are kept working and tested against each other.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+class Runner:
+    """Holds the compiled train/eval functions for one mode and moves state and batches for them.
+
+    State lives on the devices between steps: replicated with a leading device axis under pmap,
+    replicated (spec P()) under shard_map. Batches arrive from the host as this process's slice of
+    the global batch, [local_devices * per_device, ...].
+    """
+
+    def __init__(self, mode: str, train_step: Callable, eval_step: Callable):
+        if mode not in ("pmap", "shard_map"):
+            raise ValueError(f"config field 'parallel' must be 'pmap' or 'shard_map', got {mode!r}")
+        self.mode = mode
+        self.devices = jax.local_devices()
+        self.n = len(self.devices)
+        self.compiles = {"train": 0, "eval": 0}
+        counted_train = self._counting(train_step, "train")
+        counted_eval = self._counting(eval_step, "eval")
+        if mode == "pmap":
+            self._train = jax.pmap(counted_train, axis_name=AXIS, donate_argnums=(0,))
+            self._eval = jax.pmap(counted_eval, axis_name=AXIS)
+        else:
+            self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
+            self._train = jax.jit(jax.shard_map(counted_train, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+                                                out_specs=(P(), P())), donate_argnums=(0,))
+            self._eval = jax.jit(jax.shard_map(counted_eval, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                                               out_specs=P(AXIS)))
+
+    def _counting(self, fn: Callable, key: str) -> Callable:
+        """Wrap a step so each trace (= each compile) is counted; used by tests to prove static shapes."""
+        def wrapped(*args):
+            self.compiles[key] += 1
+            return fn(*args)
+        return wrapped
+
+    # ---------------------------------------------------------------------------------- placement
+    def put_state(self, state: Any) -> Any:
+        """Host state -> device state for this runner."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (self.n, *np.shape(x))),
+                                                         self._pmap_sharding(np.ndim(x) + 1)), state)
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+    def get_state(self, state: Any) -> Any:
+        """Device state -> one host copy."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: np.asarray(x[0]), state)
+        return jax.tree.map(np.asarray, state)
+
+    def _pmap_sharding(self, ndim: int):
+        mesh = Mesh(np.asarray(self.devices), (AXIS,))
+        return NamedSharding(mesh, P(AXIS, *([None] * (ndim - 1))))
+
+    def shard_batch(self, batch: dict[str, np.ndarray]) -> dict:
+        """[local_devices * B, ...] host arrays -> the layout the runner's functions take."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x.reshape(self.n, x.shape[0] // self.n, *x.shape[1:]), batch)
+        if jax.process_count() > 1:
+            return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+                NamedSharding(self.mesh, P(AXIS)), x), batch)
+        return batch
+
+    # --------------------------------------------------------------------------------------- steps
+    def train(self, state: Any, batch: dict[str, np.ndarray], use_gold_filter: bool):
+        flag = np.asarray(use_gold_filter)
+        if self.mode == "pmap":
+            flag = np.broadcast_to(flag, (self.n,))
+        state, metrics = self._train(state, self.shard_batch(batch), flag)
+        return state, metrics
+
+    def eval(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._eval(state, self.shard_batch(batch))
+        out = jax.tree.map(np.asarray, out)
+        if self.mode == "pmap":
+            out = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), out)
+        return out
+
+    def scalar(self, metrics: dict) -> dict[str, Any]:
+        """Per-step metrics (identical on every device) as lazily transferable arrays."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], metrics)
+        return metrics

@@ -1,0 +1,354 @@
+"""train_and_evaluate(config, workdir): one phase (NER or RE), from data to dev-selected test scores."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lai_jax import checkpoints, decoding, encoder as encoder_lib, metrics as metrics_lib
+from lai_jax.data import features, masks
+from lai_jax.data.documents import Document, Entity, Relation, Sentence
+from lai_jax.data.labels import LabelSet, load_labels
+from lai_jax.models import HeadConfig, LAINet
+from lai_jax.parallel import Runner
+from lai_jax.steps import TrainState, bind_steps, make_optimizer
+
+log = logging.getLogger("lai_jax")
+
+DATA_ROOT = Path(os.environ.get("LAI_JAX_DATA", Path(__file__).resolve().parents[1] / "data"))
+BUNDLED = ("scierc", "ade", "conll04")
+
+
+# ------------------------------------------------------------------------------------------------ data
+def labels_path(config) -> Path:
+    return Path(config.data.labels) if config.data.labels else DATA_ROOT / config.dataset / "labels.json"
+
+
+def load_docs(config, split: str, labels: LabelSet) -> list[Document]:
+    """One split as documents: bundled/ACE05 through the tfds builders, anything else through the readers."""
+    from lai_jax.data import readers, tfds_builders
+    ds = config.dataset
+    if config.data.use_tfds and (ds in BUNDLED and not config.data.dir or ds == "ace05"):
+        docs = tfds_builders.load_split(ds, split, data_dir=config.data.tfds_dir or None, fold=config.data.fold,
+                                        manual_dir=config.data.dir or None)
+    else:
+        root = Path(config.data.dir) if config.data.dir else DATA_ROOT / ds
+        docs = readers.read_documents(_split_file(root, ds, split, config.data.fold), labels)
+    return docs
+
+
+def _split_file(root: Path, dataset: str, split: str, fold: int) -> Path:
+    candidates = [root / f"{split}.json", root / f"{dataset}_{split}.json", root / f"{dataset}_split_{fold}_{split}.json",
+                  root / f"{split}.jsonl"]
+    for path in candidates:
+        if path.exists():
+            return path
+    return candidates[0]  # the reader reports the missing file by name
+
+
+def dummy_document() -> Document:
+    """A two-word sentence with two entities: enough to trace shapes for either phase."""
+    return Document("dummy", [Sentence(["a", "b"], [Entity(0, 0, "?"), Entity(1, 1, "?")])])
+
+
+def limit_sentences(docs: list[Document], limit: int) -> list[Document]:
+    """The first `limit` sentences (whole documents), for quick runs; 0 = everything."""
+    if not limit:
+        return docs
+    out, n = [], 0
+    for doc in docs:
+        if n >= limit:
+            break
+        out.append(doc)
+        n += len(doc.sentences)
+    return out
+
+
+def load_splits(config, labels: LabelSet) -> dict[str, list[Document]]:
+    """train / dev / test documents after limits and (for datasets without dev) a seeded dev hold-out."""
+    d = config.data
+    train = load_docs(config, d.train_split, labels)
+    if d.dev_split:
+        dev = load_docs(config, d.dev_split, labels)
+    else:
+        order = np.random.default_rng(config.seed).permutation(len(train))
+        n_dev = max(1, int(round(len(train) * d.dev_holdout)))
+        dev = [train[i] for i in sorted(order[:n_dev])]
+        train = [train[i] for i in sorted(order[n_dev:])]
+    test = load_docs(config, d.test_split, labels)
+    return {"train": limit_sentences(train, d.train_limit), "dev": limit_sentences(dev, d.eval_limit),
+            "test": limit_sentences(test, d.eval_limit)}
+
+
+# ----------------------------------------------------------------------------------------------- model
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from a config that training, evaluation and prediction share."""
+    config: Any
+    labels: LabelSet
+    tokenizer: Any
+    featurizer: features.Featurizer
+    model: LAINet
+    encoder_params: dict
+    head: HeadConfig
+
+
+def feature_config(config) -> features.FeatureConfig:
+    return features.FeatureConfig(max_text_len=config.max_text_len, max_span_len=config.max_span_len,
+                                  max_candidates=config.max_candidates, max_objects=config.max_objects,
+                                  use_annotations=config.use_annotations)
+
+
+def build(config) -> Setup:
+    labels = load_labels(labels_path(config))
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    enc, enc_params, tokenizer = encoder_lib.load(config.encoder, dtype=dtype, remat=config.model.remat)
+    featurizer = features.Featurizer(tokenizer, labels, feature_config(config))
+    if config.phase == "ner":
+        num_classes = 1 + len(labels.entity_types)
+    else:
+        num_classes = featurizer.rel_space.num_classes
+    table = masks.visibility_table(config.attention_mask, config.visibility)
+    head = HeadConfig(phase=config.phase, num_classes=num_classes, gcn_layers=config.model.gcn_layers,
+                      gcn_sublayers=config.model.gcn_sublayers, gcn_heads=config.model.gcn_heads,
+                      gauss_dim=config.model.gauss_dim, edge=config.model.edge, dropout=config.model.dropout,
+                      use_filter=config.model.use_filter, use_annotations=config.use_annotations,
+                      visibility=tuple(map(tuple, table.tolist())),
+                      partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility)
+    return Setup(config, labels, tokenizer, featurizer, LAINet(enc.config, head), enc_params, head)
+
+
+def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) -> TrainState:
+    """Fresh parameters (heads random, encoder from the pretrained weights) and optimiser state."""
+    rng = jax.random.PRNGKey(setup.config.seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    params = jax.jit(lambda r, b: setup.model.init(r, b, deterministic=True)["params"])(init_rng, sample)
+    params = dict(params)
+    params["encoder"] = jax.tree.map(jnp.asarray, setup.encoder_params)
+    tx = make_optimizer(setup.config.optim, total_steps)
+    return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+def instances_for(setup: Setup, docs: Sequence[Document], entities=None) -> list[features.Instance]:
+    if setup.config.phase == "ner":
+        return setup.featurizer.ner_instances(docs)[0]
+    return setup.featurizer.re_instances(docs, entities)
+
+
+def run_eval(runner: Runner, state, setup: Setup, instances: list[features.Instance], desc: str) -> list[dict]:
+    """Probabilities per instance (host numpy), batched with static shapes and zero-weight padding."""
+    batch_size = setup.config.per_device_eval_batch_size * runner.n
+    out: list[dict] = []
+    n_batches = math.ceil(len(instances) / batch_size)
+    for batch, chunk in tqdm(features.iter_batches(instances, batch_size), total=n_batches, desc=desc,
+                             leave=False, disable=None):
+        probs = runner.eval(state, batch)
+        out.extend({k: v[i] for k, v in probs.items()} for i in range(len(chunk)))
+    return out
+
+
+def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Instance], probs: list[dict],
+           entities=None) -> list[Document]:
+    """Model outputs -> predicted documents (NER: entities; RE: the given entities plus relations)."""
+    c = setup.config
+    pred = [Document(doc.doc_key, [Sentence(list(s.words), char_spans=s.char_spans) for s in doc.sentences],
+                     text=doc.text) for doc in docs]
+    if c.phase == "ner":
+        per_sent: dict[tuple[int, int], list] = {}
+        for inst, p in zip(instances, probs):
+            k = len(inst.spans)
+            acc = per_sent.setdefault((inst.doc, inst.sent), [[], [], []])
+            acc[0].extend(inst.spans)
+            acc[1].append(p["filter_prob"][:k] if "filter_prob" in p else np.ones(k, np.float32))
+            acc[2].append(p["type_probs"][:k])
+        for (d, s), (spans, fp, tp) in per_sent.items():
+            found = decoding.decode_ner(spans, np.concatenate(fp), np.concatenate(tp), setup.labels.entity_types,
+                                        flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
+                                        use_filter=c.model.use_filter)
+            pred[d].sentences[s].entities = [Entity(a, b, t) for a, b, t, _ in found]
+        return pred
+    pair_probs: dict[tuple[int, int], dict] = {}
+    for d, doc in enumerate(docs):
+        for s, sent in enumerate(doc.sentences):
+            ents = list(entities[d][s]) if entities is not None else list(sent.entities)
+            pred[d].sentences[s].entities = ents
+    index = {(d, s): {(e.start, e.end): i for i, e in enumerate(pred[d].sentences[s].entities)}
+             for d, doc in enumerate(docs) for s in range(len(doc.sentences))}
+    for inst, p in zip(instances, probs):
+        idx = index[(inst.doc, inst.sent)]
+        table = pair_probs.setdefault((inst.doc, inst.sent), {})
+        for slot, obj in enumerate(inst.spans):
+            table[(idx[inst.subject], idx[obj])] = p["type_probs"][slot]
+    for (d, s), table in pair_probs.items():
+        sent = pred[d].sentences[s]
+        triples = decoding.decode_relations([e.span for e in sent.entities], table, setup.featurizer.rel_space,
+                                            rule=c.re.re_decode, threshold=c.re.threshold)
+        sent.relations = [Relation(tuple(h), tuple(t), r) for h, t, r, _ in triples]
+    return pred
+
+
+def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], entities=None, desc: str = "eval"
+                  ) -> tuple[list[Document], dict]:
+    instances = instances_for(setup, docs, entities)
+    probs = run_eval(runner, state, setup, instances, desc)
+    pred = decode(setup, docs, instances, probs, entities)
+    sym = dict(zip(setup.labels.relation_types, setup.labels.symmetric))
+    return pred, metrics_lib.score(docs, pred, sym)
+
+
+def headline_f1(setup: Setup, result: dict) -> float:
+    """The model-selection metric: micro F1 of the phase (macro for ADE, as the paper reports it)."""
+    avg = "macro" if setup.config.dataset == "ade" else "micro"
+    return float(result["ner" if setup.config.phase == "ner" else "re"][avg]["f1"])
+
+
+def predicted_entities(config, split: str, docs: list[Document]):
+    """Entities per sentence from the NER run in `re.entities_from` (its predictions file for `split`)."""
+    if not config.re.entities_from:
+        return None
+    from lai_jax.evaluate import ensure_predictions
+    path = ensure_predictions(config.re.entities_from, split_name(config, split))
+    from lai_jax.data.readers import read_pure
+    by_key = {doc.doc_key: doc for doc in read_pure(path)}
+    out = []
+    for doc in docs:
+        if doc.doc_key not in by_key:
+            raise ValueError(f"{path}: no prediction for document {doc.doc_key!r}; was the NER run made on the same "
+                             f"data and limits?")
+        out.append([s.entities for s in by_key[doc.doc_key].sentences])
+    return out
+
+
+def split_name(config, split: str) -> str:
+    return {"train": config.data.train_split, "dev": config.data.dev_split or "dev", "test": config.data.test_split}[split]
+
+
+def write_predictions(path: Path, docs: list[Document]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for doc in docs:
+            f.write(json.dumps(doc.to_pure()) + "\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------- training
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _check_finite(pending: list[tuple[int, Any]]) -> Optional[dict]:
+    """Fetch queued per-step losses; raise naming the first step whose loss is NaN/inf."""
+    last = None
+    for step, m in pending:
+        host = jax.tree.map(float, jax.device_get(m))
+        if not math.isfinite(host["loss"]):
+            raise NonFiniteLoss(f"loss became {host['loss']} at step {step}; stopping. The last good checkpoint "
+                                f"is kept; lower the learning rate or check the data.")
+        last = host
+    pending.clear()
+    return last
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train one phase with dev-based checkpoint selection, then score the best checkpoint on dev and test."""
+    workdir_p = Path(workdir)
+    workdir_p.mkdir(parents=True, exist_ok=True)
+    (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=2))
+    setup = build(config)
+    docs = load_splits(config, setup.labels)
+    ents = {s: predicted_entities(config, s, docs[s]) for s in ("dev", "test")} if config.phase == "re" else {}
+    train_inst = instances_for(setup, docs["train"])
+    if not train_inst:
+        raise ValueError("the training split produced no instances (no sentences, or no entities for RE)")
+
+    runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
+    global_batch = config.per_device_batch_size * runner.n * jax.process_count()
+    steps_per_epoch = math.ceil(len(train_inst) / global_batch)
+    total_steps = steps_per_epoch * config.num_epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
+    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d on %d device(s) (%s), T=%d",
+             len(train_inst), steps_per_epoch, total_steps, global_batch, runner.n, runner.mode,
+             setup.featurizer.seq_len(config.phase))
+
+    sample = features.stack(train_inst[:1])
+    state = init_state(setup, sample, total_steps)
+    ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
+    start_step, best_f1 = 0, -1.0
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore_latest(state)
+        start_step = int(state.step)
+        best_f1 = ckpt.best_metric() or -1.0
+        log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
+    state = runner.put_state(state)
+
+    writer = checkpoints.metric_writer(workdir_p)
+    pending: list[tuple[int, Any]] = []
+    host_shard = slice(jax.process_index() * runner.n * config.per_device_batch_size,
+                       (jax.process_index() + 1) * runner.n * config.per_device_batch_size)
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
+    t0, step = time.time(), start_step
+    try:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_inst))
+            lo = offset * global_batch
+            chunk = [train_inst[i] for i in order[lo:lo + global_batch]]
+            batch = features.stack(chunk, global_batch)
+            batch = {k: v[host_shard] for k, v in batch.items()}
+            use_gold = config.phase == "ner" and epoch < config.cold_start_epochs
+            state, m = runner.train(state, batch, use_gold)
+            step += 1
+            pending.append((step, runner.scalar(m)))
+            bar.update(1)
+            if step % config.log_every_steps == 0 or step == total_steps or step % eval_every == 0:
+                host = _check_finite(pending)
+                rate = (step - start_step) / max(time.time() - t0, 1e-9)
+                bar.set_postfix(loss=f"{host['loss']:.4f}", steps_per_s=f"{rate:.2f}", epoch=epoch)
+                writer.write_scalars(step, {**host, "steps_per_s": rate})
+            if step % eval_every == 0 or step == total_steps:
+                host_state = runner.get_state(state)
+                _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev")
+                f1 = headline_f1(setup, dev_result)
+                writer.write_scalars(step, flat_metrics(dev_result, "dev"))
+                tqdm.write(f"step {step} (epoch {epoch}) dev: " + metrics_lib.format_table(dev_result).replace("\n", "\n  "))
+                ckpt.save(step, host_state, f1)
+                best_f1 = max(best_f1, f1)
+            if config.debug_kill_after_step and step == config.debug_kill_after_step:
+                ckpt.wait()
+                os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        bar.close()
+        ckpt.wait()
+        writer.flush()
+
+    # Final report: the dev-selected checkpoint on dev and test.
+    best = runner.put_state(ckpt.restore_best(runner.get_state(state)))
+    results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": ckpt.best_step(),
+                               "steps": step, "wall_s": round(time.time() - t0, 1)}
+    for split in ("dev", "test"):
+        pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split)
+        write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred)
+        results[split] = result
+        print(f"[{config.phase}] {split} (best step {results['best_step']}):\n" + metrics_lib.format_table(result))
+    (workdir_p / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def flat_metrics(result: dict, prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{task}_{avg}_f1": float(result[task][avg]["f1"]) for task in result for avg in ("micro", "macro")}

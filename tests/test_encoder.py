@@ -1,0 +1,262 @@
+"""Flax BERT encoder: parity with transformers.BertModel, masks, bf16, remat, weight import."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import save_file
+
+from lai_jax import bench_encoder, encoder
+from lai_jax.encoder import BertConfig, BertEncoder, WeightImportError
+
+NEG = np.finfo(np.float32).min
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    """(module, params, tokenizer, HF torch reference) for the packaged MiniLM, loaded once."""
+    model, params, tok = encoder.load()
+    ref = transformers.BertModel.from_pretrained(
+        encoder.default_encoder_path(), attn_implementation="eager", add_pooling_layer=False
+    ).eval()
+    return model, params, tok, ref
+
+
+def _truncated(model: BertEncoder, params: dict, layers: int, **overrides):
+    """The packaged model cut to its first `layers` layers: real weight scales, faster compiles."""
+    cfg = dataclasses.replace(model.config, num_hidden_layers=layers, **overrides)
+    keep = {"embeddings"} | {f"layer_{i}" for i in range(layers)}
+    return BertEncoder(cfg), {k: v for k, v in params.items() if k in keep}
+
+
+def _inputs(batch: int, seq: int, vocab: int, seed: int = 0):
+    """Random ids, position ids where the tail reuses earlier positions (like span markers)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (batch, seq))
+    pos = np.tile(np.arange(seq), (batch, 1))
+    tail = seq // 4
+    pos[:, -tail:] = rng.integers(0, seq - tail, (batch, tail))
+    types = rng.integers(0, 2, (batch, seq))
+    return ids, pos, types, rng
+
+
+def _random_3d_mask(rng, batch: int, seq: int) -> np.ndarray:
+    mask = rng.random((batch, seq, seq)) < 0.4
+    return mask | np.eye(seq, dtype=bool)[None]
+
+
+def _hf(ref, ids, pos, types, attention_mask) -> np.ndarray:
+    with torch.no_grad():
+        out = ref(
+            input_ids=torch.as_tensor(ids, dtype=torch.long),
+            position_ids=torch.as_tensor(pos, dtype=torch.long),
+            token_type_ids=torch.as_tensor(types, dtype=torch.long),
+            attention_mask=torch.as_tensor(attention_mask),
+        )
+    return out.last_hidden_state.numpy()
+
+
+def test_parity_3d_mask(packaged):
+    model, params, _, ref = packaged
+    ids, pos, types, rng = _inputs(2, 64, model.config.vocab_size)
+    mask = _random_3d_mask(rng, 2, 64)
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, pos, types, mask))
+    # transformers 5 passes a 4-D mask through unchanged and adds it to the eager attention scores.
+    additive = np.where(mask, 0.0, NEG).astype(np.float32)[:, None]
+    want = _hf(ref, ids, pos, types, additive)
+    assert np.abs(ours - want).max() <= 1e-4
+
+
+def test_parity_2d_padding_mask(packaged):
+    model, params, _, ref = packaged
+    ids, pos, types, _ = _inputs(2, 64, model.config.vocab_size, seed=1)
+    lengths = np.array([64, 7])
+    mask = np.arange(64)[None, :] < lengths[:, None]
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, pos, types, mask))
+    # HF builds its own bias from the [B,T] mask; padded query rows see the real keys in both,
+    # so every position (padded ones included) is comparable.
+    want = _hf(ref, ids, pos, types, mask.astype(np.int64))
+    assert np.abs(ours - want).max() <= 1e-4
+
+
+def test_bfloat16_close_to_float32(packaged):
+    model, params, _, _ = packaged
+    ids, pos, types, rng = _inputs(2, 64, model.config.vocab_size, seed=3)
+    mask = _random_3d_mask(rng, 2, 64)
+    f32 = np.asarray(jax.jit(model.apply)({"params": params}, ids, pos, types, mask))
+    bf_model = BertEncoder(dataclasses.replace(model.config, dtype=jnp.bfloat16))
+    bf16 = jax.jit(bf_model.apply)({"params": params}, ids, pos, types, mask)
+    assert bf16.dtype == jnp.bfloat16
+    bf16 = np.asarray(bf16, np.float32)
+    # Relative error per token vector; measured ~0.012 mean / ~0.03 max over 6 layers.
+    rel = np.linalg.norm(bf16 - f32, axis=-1) / np.linalg.norm(f32, axis=-1)
+    assert rel.mean() < 0.03
+    assert rel.max() < 0.08
+
+
+def test_params_tree_matches_module(packaged):
+    model, params, _, _ = packaged
+    ids = np.zeros((1, 8), np.int32)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids, ids, ids, ids > -1)["params"]
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+    assert got == want
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(abstract))
+
+
+def test_fully_masked_rows_finite_and_remat_equal(packaged):
+    """A PAD row that sees nothing stays finite in outputs and grads; remat changes nothing."""
+    ids, pos, types, rng = _inputs(2, 32, packaged[0].config.vocab_size, seed=4)
+    mask = _random_3d_mask(rng, 2, 32)
+    mask[0, 20:, :] = False  # fully padded query rows (not even the diagonal)
+    mask[:, :, 20:] = False  # ... and keys nobody sees
+    mask[1, 5, :] = False
+
+    def run(remat: bool):
+        m, params = _truncated(*packaged[:2], layers=2, remat=remat)
+
+        def loss(p):
+            out = m.apply({"params": p}, ids, pos, types, mask)
+            return (out**2).mean(), out
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (_, out), grads = run(False)
+    assert np.isfinite(np.asarray(out)).all()
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    (_, out_r), grads_r = run(True)
+    np.testing.assert_allclose(np.asarray(out_r), np.asarray(out), atol=1e-5)
+    for g_r, g in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(g_r), np.asarray(g), atol=1e-5, rtol=1e-4)
+
+
+def test_manual_attention_matches_fused():
+    """The dropout path (manual softmax) computes the same attention as jax.nn.dot_product_attention."""
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal((2, 10, 3, 8)).astype(np.float32) for _ in range(3))
+    mask = rng.random((2, 10, 10)) < 0.5
+    mask[0, 4] = False
+
+    @jax.jit
+    def both(q, k, v, mask):
+        bias = encoder.mask_to_bias(mask, jnp.float32)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias), encoder.manual_attention(q, k, v, bias)
+
+    fused, manual = both(q, k, v, mask)
+    np.testing.assert_allclose(np.asarray(manual), np.asarray(fused), atol=1e-5)
+
+
+def test_dropout_path_runs_and_is_stochastic(packaged):
+    model, params = _truncated(*packaged[:2], layers=1)
+    ids, pos, types, rng = _inputs(1, 16, model.config.vocab_size, seed=7)
+    mask = _random_3d_mask(rng, 1, 16)
+
+    @jax.jit
+    def run(seeds):
+        def one(seed):
+            rngs = {"dropout": jax.random.PRNGKey(seed)}
+            return model.apply({"params": params}, ids, pos, types, mask, False, rngs=rngs)
+
+        return jax.vmap(one)(seeds)
+
+    a, b = np.asarray(run(jnp.arange(2)))
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    assert not np.allclose(a, b)
+
+
+# ----------------------------------------------------------------------------- weight import
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=48, max_position_embeddings=40, type_vocab_size=2)
+
+
+def _tiny_hf(tmp_path, cls=transformers.BertModel):
+    """Saves a tiny random HF BERT's config.json; returns (dir, torch model, numpy state dict)."""
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(**TINY)
+    model = cls(hf_cfg).eval()
+    (tmp_path / "config.json").write_text(json.dumps(hf_cfg.to_dict()))
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return tmp_path, model, state
+
+
+def test_weight_import_names_missing_and_misshaped(tmp_path):
+    path, _, state = _tiny_hf(tmp_path)
+    del state["encoder.layer.1.attention.self.key.bias"]
+    state["encoder.layer.0.intermediate.dense.weight"] = np.zeros((48, 31), np.float32)
+    state["encoder.layer.0.extra.weight"] = np.zeros((3,), np.float32)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(WeightImportError) as info:
+        encoder.load_params(str(path), encoder.read_config(str(path)))
+    msg = str(info.value)
+    assert "missing encoder.layer.1.attention.self.key.bias: expected shape (32,)" in msg
+    assert "encoder.layer.0.intermediate.dense.weight: expected (48, 32), found (48, 31)" in msg
+    assert "unexpected encoder.layer.0.extra.weight" in msg
+
+
+def test_prefixed_pytorch_bin_with_heads_loads(tmp_path, caplog):
+    """`bert.`-prefixed pytorch_model.bin with MLM/NSP heads: heads ignored (logged once), parity holds."""
+    path, pretraining, _ = _tiny_hf(tmp_path, transformers.BertForPreTraining)
+    torch.save(pretraining.state_dict(), path / "pytorch_model.bin")
+    config = encoder.read_config(str(path))
+    with caplog.at_level(logging.INFO, logger="lai_jax.encoder"):
+        params = encoder.load_params(str(path), config)
+    logged = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(logged) == 1 and "cls" in logged[0] and "pooler" in logged[0]
+
+    ids, pos, types, rng = _inputs(2, 24, TINY["vocab_size"], seed=5)
+    mask = _random_3d_mask(rng, 2, 24)
+    ours = np.asarray(BertEncoder(config).apply({"params": params}, ids, pos, types, mask))
+    ref = pretraining.bert
+    ref.config._attn_implementation = "eager"
+    want = _hf(ref, ids, pos, types, np.where(mask, 0.0, NEG).astype(np.float32)[:, None])
+    assert np.abs(ours - want).max() <= 1e-5
+
+
+def test_from_hf_dict():
+    cfg = BertConfig.from_hf_dict({**TINY, "model_type": "bert", "pad_token_id": 0}, remat=True)
+    assert cfg.hidden_size == 32 and cfg.remat and cfg.dtype == jnp.float32
+    with pytest.raises(ValueError, match="relative_key"):
+        BertConfig.from_hf_dict({**TINY, "position_embedding_type": "relative_key"})
+
+
+# ----------------------------------------------------------------------------- locating models
+
+
+def test_resolve_encoder_path(tmp_path, monkeypatch):
+    default = encoder.default_encoder_path()
+    assert os.path.isfile(os.path.join(default, "config.json"))
+    assert encoder.resolve_encoder_path(None) == default
+    assert encoder.resolve_encoder_path("default") == default
+    assert encoder.resolve_encoder_path(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        encoder.resolve_encoder_path(str(tmp_path / "nope"))
+    # huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE at import, so patch its constants.
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-bert.*local directory"):
+        encoder.resolve_encoder_path("no-such-org/no-such-bert")
+
+
+def test_tokenizer_is_fast(packaged):
+    tok = packaged[2]
+    assert isinstance(tok, transformers.PreTrainedTokenizerFast)
+    assert tok.convert_tokens_to_ids("[unused0]") != tok.unk_token_id
+
+
+def test_bench_smoke(capsys):
+    result = bench_encoder.main(["--smoke"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line) == result
+    assert result["jax_steps_per_s"] > 0 and result["torch_steps_per_s"] > 0
