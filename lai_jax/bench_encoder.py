@@ -34,7 +34,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "mask). Default: all schedulable cores",
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
-    p.add_argument("--train", action="store_true", help="dropout on (torch train mode, JAX deterministic=False)")
+    p.add_argument(
+        "--train", action="store_true", help="dropout on (torch train mode, JAX deterministic=False)"
+    )
     p.add_argument("--remat", action="store_true", help="JAX per-layer rematerialisation")
     p.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"))
     p.add_argument("--no-torch", action="store_true", help="time JAX only (e.g. on an accelerator)")

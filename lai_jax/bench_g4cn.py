@@ -121,7 +121,8 @@ def bench_g4cn(
         np.concatenate([np.arange(n_cand)[None] < filled, np.ones((b, n_anno), bool)], axis=1)
     )
     model = G4CN(hidden=d, gcn_layers=layers, gcn_sublayers=sublayers, gcn_heads=heads, gauss_dim=g)
-    params = jax.jit(model.init)(jax.random.key(seed), nodes, mask)  # eager init compiles op by op
+    # Jitted (eager init compiles op by op) and with an "rbg" key: threefry compiles slowly on CPU.
+    params = jax.jit(model.init)(jax.random.key(seed, impl="rbg"), nodes, mask)
     n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
     def fwd(p: Any, x: jnp.ndarray, m: jnp.ndarray) -> jnp.ndarray:

@@ -178,6 +178,7 @@ class G4CNBlock(nn.Module):
         d, H = self.hidden, self.heads
         x = x.astype(self.dtype)
         adj = adj.astype(self.dtype)
+        denom = denom.astype(self.dtype)
         # Per-head kernels: fan-in is the sub-layer input width, as for a torch/flax Dense.
         kinit = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         cache: list[jnp.ndarray] = []  # x_1..x_l, each [B, H, n, w]; X_0 = x is shared by heads
@@ -186,7 +187,7 @@ class G4CNBlock(nn.Module):
             in_dim = d + sum(c.shape[-1] for c in cache)
             kernel = self.param(f"kernel_{l}", kinit, (H, in_dim, w), jnp.float32)
             bias = self.param(f"bias_{l}", nn.initializers.zeros, (H, w), jnp.float32)
-            kernel = kernel.astype(self.dtype)
+            kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
             # X_l K_l with X_l = [X_0; x_1; ...]: split K_l by rows instead of concatenating,
             # so X_0 never has to be broadcast to every head.
             xw = jnp.einsum("bnc,hcw->bhnw", x, kernel[:, :d])

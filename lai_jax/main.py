@@ -11,6 +11,7 @@ import logging
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lai_jax import train
@@ -21,13 +22,25 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, predictions an
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def setup_logging() -> None:
+    """Our progress at INFO on stderr; library chatter (orbax, absl) only from WARNING up."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    log = logging.getLogger("lai_jax")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("lai_jax").setLevel(logging.INFO)
+    setup_logging()
     if FLAGS.config.distributed:
         jax.distributed.initialize()
-    logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(), jax.local_devices())
+    logging.getLogger("lai_jax").info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(), jax.local_devices())
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -97,7 +97,8 @@ def test_bfloat16_close_to_float32(packaged):
     bf16 = jax.jit(bf_model.apply)({"params": params}, ids, pos, types, mask)
     assert bf16.dtype == jnp.bfloat16
     bf16 = np.asarray(bf16, np.float32)
-    # Relative error per token vector; measured ~0.012 mean / ~0.03 max over 6 layers.
+    # Per-token relative error; measured (seeds 0-3): mean 0.013-0.014, max 0.028-0.036 at 2x64
+    # (max up to 0.061 at 4x256), so the bounds keep >2x margin.
     rel = np.linalg.norm(bf16 - f32, axis=-1) / np.linalg.norm(f32, axis=-1)
     assert rel.mean() < 0.03
     assert rel.max() < 0.08

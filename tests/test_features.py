@@ -1,0 +1,182 @@
+"""Instance construction (SPEC §3, §8) and partial attention masks (SPEC §4)."""
+import numpy as np
+import pytest
+
+from lai_jax.data import features, masks
+from lai_jax.data.documents import Document, Entity, Relation, Sentence
+from lai_jax.data.labels import load_labels
+from lai_jax.data.readers import read_documents
+from lai_jax.encoder import default_encoder_path, load_tokenizer
+from lai_jax.train import DATA_ROOT
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(default_encoder_path())
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return load_labels(DATA_ROOT / "conll04" / "labels.json")
+
+
+def make_featurizer(tok, labels, **kw):
+    return features.Featurizer(tok, labels, features.FeatureConfig(**{"max_text_len": 100, **kw}))
+
+
+def long_doc(m=30):
+    words = [f"w{i}" if i % 3 else "unbelievably" for i in range(m)]  # some multi-piece words
+    ents = [Entity(0, 1, "Peop"), Entity(5, 5, "Loc"), Entity(10, 17, "Org"), Entity(20, 29, "Other")]
+    rels = [Relation((0, 1), (5, 5), "Live_In"), Relation((10, 17), (5, 5), "OrgBased_In")]
+    return Document("d", [Sentence(["Before", "."]), Sentence(words, ents, rels), Sentence(["After", "it", "."])])
+
+
+def test_candidate_count_formula_no_duplicates_none_lost(tok, labels):
+    m, L = 30, 8
+    f = make_featurizer(tok, labels, max_candidates=50)
+    insts, _ = f.ner_instances([long_doc(m)])
+    mine = [i for i in insts if i.sent == 1]
+    spans = [sp for inst in mine for sp in inst.spans]
+    assert len(spans) == m * L + (L - L * L) // 2 == features.num_candidates(m, L)
+    assert len(set(spans)) == len(spans)
+    assert set(spans) == {(i, j) for i in range(m) for j in range(i, min(m, i + L))}
+    assert len(mine) == -(-len(spans) // 50)
+    # neighbouring spans share an instance: each instance holds a contiguous run of the sorted order
+    assert spans == sorted(spans)
+
+
+def test_marker_positions_match_span_wordpieces_and_text_positions_unchanged(tok, labels):
+    f = make_featurizer(tok, labels, max_candidates=64)
+    insts, _ = f.ner_instances([long_doc()])
+    plain = f.sentence_pieces(f.word_pieces(long_doc()), 1, 100)
+    for inst in insts:
+        a = inst.arrays
+        text = a["token_groups"] == masks.TEXT
+        # text keeps 0,1,2,... whatever the markers do
+        assert np.array_equal(a["position_ids"][text], np.arange(text.sum()))
+        assert np.array_equal(a["input_ids"][1:1 + len(plain.ids)], plain.ids) or inst.sent != 1
+        for slot, (i, j) in enumerate(inst.spans):
+            ms, me = a["cand_marker_start"][slot], a["cand_marker_end"][slot]
+            assert a["token_groups"][ms] == a["token_groups"][me] == masks.MARKER
+            assert a["position_ids"][ms] == a["position_ids"][a["cand_text_start"][slot]]
+            assert a["position_ids"][me] == a["position_ids"][a["cand_text_end"][slot]]
+            if inst.sent == 1:
+                assert a["cand_text_start"][slot] == 1 + plain.word_first[i]
+                assert a["cand_text_end"][slot] == 1 + plain.word_last[j]
+            assert a["marker_partner"][ms] == me and a["marker_partner"][me] == ms
+        assert a["input_ids"][a["cand_marker_start"][:len(inst.spans)]].tolist() == \
+            [tok.convert_tokens_to_ids("[unused0]")] * len(inst.spans)
+
+
+def test_annotations_continue_positions_after_sep(tok, labels):
+    f = make_featurizer(tok, labels)
+    a = f.ner_instances([long_doc()])[0][0].arrays
+    anno = np.flatnonzero(a["token_groups"] == masks.ANNO)
+    n_text = int((a["token_groups"] == masks.TEXT).sum())
+    assert np.array_equal(a["position_ids"][anno], np.arange(n_text, n_text + len(anno)))
+    assert a["input_ids"][anno[-1]] == tok.sep_token_id
+    for k, ann in enumerate(labels.entity_annotations):
+        pieces = tok(ann, add_special_tokens=False)["input_ids"]
+        assert a["input_ids"][a["anno_start"][k]] == pieces[0]
+        assert a["input_ids"][a["anno_end"][k]] == pieces[-1]
+
+
+def test_static_shapes_for_all_instances_of_a_split(tok, labels):
+    docs = read_documents(DATA_ROOT / "conll04" / "conll04_dev.json", labels)[:60]
+    f = make_featurizer(tok, labels)
+    for phase, insts in (("ner", f.ner_instances(docs)[0]), ("re", f.re_instances(docs))):
+        shapes = {k: np.shape(v) for k, v in insts[0].arrays.items()}
+        assert all({k: np.shape(v) for k, v in i.arrays.items()} == shapes for i in insts)
+        assert shapes["input_ids"] == (f.seq_len(phase),) and f.seq_len(phase) % 8 == 0
+
+
+def test_round_trip_keeps_every_gold_entity_up_to_span_cap(tok, labels):
+    docs = read_documents(DATA_ROOT / "conll04" / "conll04_dev.json", labels)
+    f = make_featurizer(tok, labels)
+    insts, stats = f.ner_instances(docs)
+    found = {(i.doc, i.sent, sp, int(i.arrays["labels"][k])) for i in insts for k, sp in enumerate(i.spans)
+             if i.arrays["labels"][k] > 0}
+    want = {(d, s, e.span, f.entity_index[e.type]) for d, doc in enumerate(docs) for s, sent in enumerate(doc.sentences)
+            for e in sent.entities if e.end - e.start < 8}
+    assert found == want
+    assert stats["reachable"] == len(want) and stats["gold"] >= len(want)
+
+
+def test_use_annotations_false_drops_segment(tok, labels):
+    f = make_featurizer(tok, labels, use_annotations=False)
+    a = f.ner_instances([long_doc()])[0][0].arrays
+    assert not (a["token_groups"] == masks.ANNO).any()
+    assert f.seq_len("ner") < make_featurizer(tok, labels).seq_len("ner")
+
+
+def test_context_fills_budget_and_sentence_truncation(tok, labels):
+    f = make_featurizer(tok, labels, max_text_len=12)
+    sp = f.sentence_pieces(f.word_pieces(long_doc()), 1, 12)
+    assert sp.truncated and len(sp.ids) <= 12 and -1 in sp.word_first
+    roomy = f.sentence_pieces(f.word_pieces(long_doc()), 0, 6)
+    assert len(roomy.ids) == 6 and roomy.word_first[0] == 0  # no left context, right context fills
+
+
+def test_re_instance_solid_and_levitated_markers(tok, labels):
+    f = make_featurizer(tok, labels, max_objects=2)
+    insts = f.re_instances([long_doc()])
+    subj = [i for i in insts if i.subject == (0, 1)]
+    assert [o for i in subj for o in i.spans] == [(5, 5), (10, 17), (20, 29)]  # 3 objects, 2 slots -> 2 instances
+    a = subj[0].arrays
+    ids = a["input_ids"].tolist()
+    s0, s1 = ids.index(tok.convert_tokens_to_ids("[unused2]")), ids.index(tok.convert_tokens_to_ids("[unused3]"))
+    assert (a["subj_marker_start"], a["subj_marker_end"]) == (s0, s1)
+    assert a["token_groups"][s0] == masks.TEXT  # solid markers are text tokens
+    # levitated object markers copy the shifted position ids of the object's wordpieces
+    for slot in range(2):
+        ms, me = a["cand_marker_start"][slot], a["cand_marker_end"][slot]
+        assert ids[ms] == tok.convert_tokens_to_ids("[unused4]") and a["token_groups"][ms] == masks.MARKER
+    space = f.rel_space
+    assert a["labels"][0] == space.forward_id("Live_In")
+    org = [i for i in insts if i.subject == (10, 17)][0]
+    assert org.arrays["labels"][org.spans.index((5, 5))] == space.forward_id("OrgBased_In")
+    loc = [i for i in insts if i.subject == (5, 5)][0]
+    assert loc.arrays["labels"][loc.spans.index((0, 1))] == space.inverse_id("Live_In")
+
+
+def _expected(preset, gq, gk, q, k, partner):
+    if gq == masks.PAD or gk == masks.PAD:
+        return q == k
+    if preset == "plmarker" and gq == gk == masks.MARKER:
+        return q == k or partner[q] == k
+    table = {"invisible": {(1, 1): 1, (1, 2): 0, (1, 3): 1, (2, 1): 0, (2, 2): 1, (2, 3): 1, (3, 1): 1, (3, 2): 1, (3, 3): 1},
+             "visible": {(1, 1): 1, (1, 2): 1, (1, 3): 1, (2, 1): 1, (2, 2): 1, (2, 3): 0, (3, 1): 1, (3, 2): 0, (3, 3): 1},
+             "full": {(a, b): 1 for a in (1, 2, 3) for b in (1, 2, 3)},
+             "plmarker": {(1, 1): 1, (1, 2): 0, (1, 3): 0, (2, 1): 0, (2, 2): 1, (2, 3): 0, (3, 1): 1, (3, 2): 0}}
+    return bool(table[preset][(gq, gk)])
+
+
+@pytest.mark.parametrize("preset", ["invisible", "visible", "full", "plmarker"])
+def test_mask_presets_cell_by_cell(tok, labels, preset):
+    f = make_featurizer(tok, labels, max_candidates=6)
+    a = f.ner_instances([long_doc(6)])[0][0].arrays
+    g, partner = a["token_groups"].astype(int), a["marker_partner"]
+    m = masks.attention_mask(g, partner, masks.visibility_table(preset), preset in masks.PARTNER_ONLY)
+    T = len(g)
+    assert m.shape == (T, T)
+    want = np.array([[_expected(preset, g[q], g[k], q, k, partner) for k in range(T)] for q in range(T)])
+    assert np.array_equal(m, want)
+    pad = g == masks.PAD
+    assert pad.any() and not m[pad][:, ~pad].any() and not m[~pad][:, pad].any()
+
+
+def test_explicit_visibility_table_and_errors():
+    t = masks.visibility_table("invisible", [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    assert t[1, 3] == 0 and t[3, 3] == 1
+    with pytest.raises(ValueError, match="attention_mask"):
+        masks.visibility_table("nope")
+    with pytest.raises(ValueError, match="visibility"):
+        masks.visibility_table("invisible", [[1, 0], [0, 1]])
+
+
+def test_stack_pads_with_zero_weight(tok, labels):
+    f = make_featurizer(tok, labels)
+    insts, _ = f.ner_instances([long_doc()])
+    b = features.stack(insts[:1], 3)
+    assert b["weight"].tolist() == [1.0, 0.0, 0.0]
+    assert not b["cand_mask"][1:].any() and (b["token_groups"][1:] == masks.PAD).all()
