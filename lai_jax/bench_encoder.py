@@ -3,7 +3,8 @@
     python -m lai_jax.bench_encoder [--batch 4] [--seq-len 608] [--threads N] [--steps 5] [--smoke]
 
 Loss is the sum of the last hidden states; gradients are taken w.r.t. all parameters on both
-sides. The JAX step is jitted and compiled before timing. Prints one JSON line.
+sides. The JAX step is jitted and compiled before timing; after one warm-up step each, JAX and torch
+steps alternate and the medians are reported. Prints one JSON line.
 
 Default --seq-len is the SciERC NER static length (SPEC §3): 1 + C(150) + 1 + N_anno(8 wordpieces
 for the six SciERC annotations) + 1 + 2*K(220) = 601, rounded up to a multiple of 8 = 608.
@@ -14,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 SCIERC_NER_SEQ_LEN = 608
 
@@ -91,20 +93,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return out.astype(jnp.float32).sum()
 
     step = jax.jit(jax.value_and_grad(loss))
-    rng = jax.random.PRNGKey(0)
+    keys = jax.random.split(jax.random.PRNGKey(0), args.steps + 1)
     t0 = time.perf_counter()
-    compiled = step.lower(params, rng, batch).compile()
+    compiled = step.lower(params, keys[0], batch).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(params, rng, batch))  # warm-up
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        jax.block_until_ready(compiled(params, jax.random.fold_in(rng, i), batch))
-    jax_s = (time.perf_counter() - t0) / args.steps
+
+    def jax_step(i: int) -> None:
+        jax.block_until_ready(compiled(params, keys[i], batch))
+
+    steps: dict[str, Callable[[int], None]] = {"jax": jax_step}
+    if not args.no_torch:
+        steps["torch"] = _torch_step(path, args, threads, ids, pos, types, mask)
+    for fn in steps.values():
+        fn(0)  # warm-up
+    # Interleaved so that load from other processes hits both frameworks alike; medians per step.
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(1, args.steps + 1):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            fn(i)
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
 
     result = {
-        "jax_steps_per_s": round(1.0 / jax_s, 4),
-        "torch_steps_per_s": None,
-        "ratio": None,
+        "jax_steps_per_s": round(1.0 / med["jax"], 4),
+        "torch_steps_per_s": round(1.0 / med["torch"], 4) if "torch" in med else None,
+        # >1: JAX faster.
+        "ratio": round(med["torch"] / med["jax"], 3) if "torch" in med else None,
         "compile_s": round(compile_s, 2),
         "load_s": round(load_s, 2),
         "batch": args.batch,
@@ -117,40 +132,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "layers": cfg.num_hidden_layers,
         "hidden": cfg.hidden_size,
         "jax_device": str(jax.devices()[0].device_kind),
+        "torch_attn": None if args.no_torch else args.torch_attn,
+        "step_s": {name: [round(t, 3) for t in ts] for name, ts in times.items()},
     }
-
-    if not args.no_torch:
-        import torch
-        from transformers import BertModel
-
-        torch.set_num_threads(threads)
-        # No pooler: the JAX side has none either.
-        tmodel = BertModel.from_pretrained(
-            path, attn_implementation=args.torch_attn, add_pooling_layer=False
-        )
-        tmodel.train(args.train)
-        neg = np.finfo(np.float32).min
-        tb = dict(
-            input_ids=torch.from_numpy(ids.astype(np.int64)),
-            position_ids=torch.from_numpy(pos.astype(np.int64)),
-            token_type_ids=torch.from_numpy(types.astype(np.int64)),
-            attention_mask=torch.from_numpy(np.where(mask, 0.0, neg).astype(np.float32)[:, None]),
-        )
-
-        def torch_step() -> None:
-            tmodel.zero_grad(set_to_none=True)
-            tmodel(**tb).last_hidden_state.sum().backward()
-
-        torch_step()  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            torch_step()
-        torch_s = (time.perf_counter() - t0) / args.steps
-        result["torch_steps_per_s"] = round(1.0 / torch_s, 4)
-        result["ratio"] = round(torch_s / jax_s, 3)  # >1: JAX faster
-        result["torch_attn"] = args.torch_attn
     print(json.dumps(result))
     return result
+
+
+def _torch_step(path: str, args: argparse.Namespace, threads: int, ids, pos, types, mask):
+    """A closure running one forward+backward of `transformers.BertModel` on the same inputs."""
+    import numpy as np
+    import torch
+    from transformers import BertModel
+
+    torch.set_num_threads(threads)
+    # No pooler: the JAX side has none either.
+    model = BertModel.from_pretrained(path, attn_implementation=args.torch_attn, add_pooling_layer=False)
+    model.train(args.train)
+    neg = np.finfo(np.float32).min
+    inputs = dict(
+        input_ids=torch.from_numpy(ids.astype(np.int64)),
+        position_ids=torch.from_numpy(pos.astype(np.int64)),
+        token_type_ids=torch.from_numpy(types.astype(np.int64)),
+        attention_mask=torch.from_numpy(np.where(mask, 0.0, neg).astype(np.float32)[:, None]),
+    )
+
+    def step(_: int) -> None:
+        model.zero_grad(set_to_none=True)
+        model(**inputs).last_hidden_state.sum().backward()
+
+    return step
 
 
 if __name__ == "__main__":

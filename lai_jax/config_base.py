@@ -73,6 +73,8 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.edge = "kl"
     # Dropout in the heads and the encoder.
     c.model.dropout = 0.1
+    # Encoder dropout (hidden and attention); -1 keeps the values of the encoder's config.json.
+    c.model.encoder_dropout = -1.0
     # NER entity filter (ablation: False classifies every candidate directly).
     c.model.use_filter = True
     # Compute dtype: float32 | bfloat16 (parameters stay float32).
@@ -106,6 +108,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.optim.warmup_ratio = 0.1
     # AdamW weight decay (not applied to biases and layer norms).
     c.optim.weight_decay = 0.01
+    # Adam epsilon. Near-zero gradients make Adam's update ~ sign(g), so summation-order noise between
+    # device counts is amplified by lr/eps; the multi-device equality test raises it to compare exactly.
+    c.optim.adam_eps = 1e-8
     # Global gradient-norm clip (0 = off).
     c.optim.grad_clip = 1.0
 
@@ -135,10 +140,11 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
 def set_fields(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
     """Set dotted fields ("model.gcn_layers") on a config, refusing unknown ones."""
     for key, value in fields.items():
-        node, *path = c, *key.split(".")
-        for part in key.split(".")[:-1]:
+        *parents, leaf = key.split(".")
+        node = c
+        for part in parents:
             node = node[part]
-        if key.split(".")[-1] not in node:
+        if leaf not in node:
             raise KeyError(f"unknown config field {key!r}")
-        node[key.split(".")[-1]] = value
+        node[leaf] = value
     return c

@@ -109,7 +109,8 @@ def _dense(features: int, config: BertConfig, name: str) -> nn.Dense:
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-    # Two-pass variance: the one-pass form loses ~1e-4 on BERT's large-magnitude hidden dims.
+    # Two-pass variance as in torch: one-pass E[x^2]-E[x]^2 cancels when a row's mean is large
+    # next to its spread (cheap insurance; on MiniLM both forms are within 1e-5 of HF).
     return nn.LayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=config.dtype,
@@ -189,7 +190,7 @@ class BertLayer(nn.Module):
         v = _dense(d, cfg, "value")(hidden).reshape(heads)
         rate = cfg.attention_probs_dropout_prob
         if deterministic or rate == 0.0:
-            # Lets XLA pick a fused attention kernel where one fits; no dropout support.
+            # One op that backends can lower to a fused kernel; it has no dropout, hence the else.
             ctx = jax.nn.dot_product_attention(q, k, v, bias=bias)
         else:
             drop = nn.Dropout(rate, name="attention_dropout")

@@ -67,7 +67,7 @@ def ensure_predictions(workdir: str | Path, split: str) -> Path:
 
 def main(argv):
     del argv
-    from lai_jax.main import setup_logging
+    from lai_jax.cli import setup_logging
     setup_logging()
     result = evaluate_split(FLAGS.workdir, FLAGS.split)
     print(metrics_lib.format_table(result))

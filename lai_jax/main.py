@@ -11,27 +11,15 @@ import logging
 
 import jax
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lai_jax import train
+from lai_jax.cli import setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file and phase, e.g. configs/scierc.py:ner.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, predictions and results go (resumes if present).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def setup_logging() -> None:
-    """Our progress at INFO on stderr; library chatter (orbax, absl) only from WARNING up."""
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    log = logging.getLogger("lai_jax")
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def main(argv):
@@ -41,7 +29,10 @@ def main(argv):
     if FLAGS.config.distributed:
         jax.distributed.initialize()
     logging.getLogger("lai_jax").info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(), jax.local_devices())
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.NonFiniteLoss as e:  # the message names the step; checkpoints up to the last good one stay
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

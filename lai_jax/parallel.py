@@ -6,7 +6,7 @@ maintenance mode in current JAX, so both are kept working and tested against eac
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,20 +24,22 @@ class Runner:
     the global batch, [local_devices * per_device, ...].
     """
 
-    def __init__(self, mode: str, train_step: Callable, eval_step: Callable):
+    def __init__(self, mode: str, train_step: Callable, eval_step: Callable, devices: Sequence[Any] | None = None):
         if mode not in ("pmap", "shard_map"):
             raise ValueError(f"config field 'parallel' must be 'pmap' or 'shard_map', got {mode!r}")
         self.mode = mode
-        self.devices = jax.local_devices()
+        # Default: every local device. A subset (tests comparing 1 vs N devices) must be single-host.
+        self.devices = list(devices) if devices is not None else jax.local_devices()
         self.n = len(self.devices)
         self.compiles = {"train": 0, "eval": 0}
         counted_train = self._counting(train_step, "train")
         counted_eval = self._counting(eval_step, "eval")
         if mode == "pmap":
-            self._train = jax.pmap(counted_train, axis_name=AXIS, donate_argnums=(0,))
-            self._eval = jax.pmap(counted_eval, axis_name=AXIS)
+            devs = None if devices is None else self.devices
+            self._train = jax.pmap(counted_train, axis_name=AXIS, donate_argnums=(0,), devices=devs)
+            self._eval = jax.pmap(counted_eval, axis_name=AXIS, devices=devs)
         else:
-            self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
+            self.mesh = Mesh(np.asarray(self.devices if devices is not None else jax.devices()), (AXIS,))
             self._train = jax.jit(jax.shard_map(counted_train, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
                                                 out_specs=(P(), P())), donate_argnums=(0,))
             self._eval = jax.jit(jax.shard_map(counted_eval, mesh=self.mesh, in_specs=(P(), P(AXIS)),

@@ -39,7 +39,7 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW with separate encoder / head learning rates (optax.multi_transform) and global-norm clipping."""
     def adamw(peak: float) -> optax.GradientTransformation:
         return optax.adamw(learning_rate_schedule(peak, total_steps, optim_cfg.warmup_ratio),
-                           weight_decay=optim_cfg.weight_decay, mask=_decay_mask)
+                           eps=optim_cfg.adam_eps, weight_decay=optim_cfg.weight_decay, mask=_decay_mask)
 
     def labels(params):
         return {k: jax.tree.map(lambda _: "encoder" if k == "encoder" else "head", v) for k, v in params.items()}
@@ -73,7 +73,7 @@ def train_step(state: TrainState, batch: dict, use_gold_filter: jax.Array, *, mo
     grads = jax.lax.psum(grads, AXIS)
     terms = jax.lax.psum(terms, AXIS)
     metrics = {"loss": sum(terms.values()), **{f"loss_{k}": v for k, v in terms.items()},
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))}
     return state.apply_gradients(grads=grads), metrics
 
 

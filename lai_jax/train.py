@@ -115,6 +115,10 @@ def build(config) -> Setup:
     labels = load_labels(labels_path(config))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
     enc, enc_params, tokenizer = encoder_lib.load(config.encoder, dtype=dtype, remat=config.model.remat)
+    bert = enc.config
+    if config.model.encoder_dropout >= 0:
+        bert = dataclasses.replace(bert, hidden_dropout_prob=config.model.encoder_dropout,
+                                   attention_probs_dropout_prob=config.model.encoder_dropout)
     featurizer = features.Featurizer(tokenizer, labels, feature_config(config))
     if config.phase == "ner":
         num_classes = 1 + len(labels.entity_types)
@@ -127,7 +131,7 @@ def build(config) -> Setup:
                       use_filter=config.model.use_filter, use_annotations=config.use_annotations,
                       visibility=tuple(map(tuple, table.tolist())),
                       partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility)
-    return Setup(config, labels, tokenizer, featurizer, LAINet(enc.config, head), enc_params, head)
+    return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 
 def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) -> TrainState:
@@ -346,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred)
         results[split] = result
         print(f"[{config.phase}] {split} (best step {results['best_step']}):\n" + metrics_lib.format_table(result))
+    results["compiles"] = dict(runner.compiles)
     (workdir_p / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

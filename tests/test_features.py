@@ -180,3 +180,9 @@ def test_stack_pads_with_zero_weight(tok, labels):
     b = features.stack(insts[:1], 3)
     assert b["weight"].tolist() == [1.0, 0.0, 0.0]
     assert not b["cand_mask"][1:].any() and (b["token_groups"][1:] == masks.PAD).all()
+
+
+def test_cut_words_leave_no_gap(tok, labels):
+    f = make_featurizer(tok, labels)
+    sp = f.sentence_pieces([[[1], [2], [3, 4, 5], [6], [7]]], 0, 3)
+    assert sp.ids == [1, 2] and sp.word_first == [0, 1, -1, -1, -1] and sp.truncated

@@ -130,8 +130,11 @@ class Featurizer:
         """Sentence s with left/right document context filling `budget` wordpieces (half each side first)."""
         sent_ids: list[int] = []
         first, last = [], []
+        cut = False
         for word in doc_pieces[s]:
-            if len(sent_ids) + len(word) > budget:
+            # Once a word does not fit, every later word is cut too: the kept text never has a gap.
+            cut = cut or len(sent_ids) + len(word) > budget
+            if cut:
                 first.append(-1), last.append(-1)
                 continue
             first.append(len(sent_ids))

@@ -1,0 +1,513 @@
+"""NER train-step speed of lai-jax vs a PyTorch port of the same model, on real SciERC instances.
+
+    python -m lai_jax.bench [--encoder default] [--batch 4] [--steps 5] [--threads N] [--smoke]
+
+One process, both frameworks, same weights, same batch:
+
+* shapes: ``configs/scierc.py:ner`` (T = ``Featurizer.seq_len("ner")`` = 608 with the packaged
+  encoder's vocabulary, K = 220); the batch is ``--batch`` real SciERC dev instances (a seeded draw),
+  so the fractions of real tokens and filled candidate slots are the data's own;
+* JAX: the real ``lai_jax.steps.train_step`` (forward in train mode, ``ner_loss``, backward, global-norm
+  clipping, AdamW through ``optax.multi_transform``) run by ``lai_jax.parallel.Runner`` on one device.
+  The runner's step is compiled ahead of time (``lower().compile()``, timed as ``compile_s``) and that
+  executable is what the runner then dispatches, so the memory/FLOP analysis is of what was timed;
+* torch: ``lai_jax.torch_reference`` (``transformers.BertModel`` with eager attention + the head port)
+  with the lai-jax parameters copied in, ``torch.optim.AdamW`` with the same groups, clipping and
+  schedule; train mode (dropout) on both sides;
+* encoder only: forward + backward (loss = sum of the last hidden states, gradients for all encoder
+  parameters, train mode) of ``BertEncoder`` and of the ``BertModel`` on the same batch and mask.
+
+Threads: ``--threads N`` pins the process to N cores *before* JAX starts; XLA's CPU client sizes its
+intra-op pool from the schedulable cores (the affinity mask) and has no thread-count option, so the
+affinity is the knob. torch gets ``torch.set_num_threads(N)`` on the same cores. Default: all
+schedulable cores. Times are medians over ``--steps`` steps after one warm-up step, in blocks that
+alternate between the frameworks ``--rounds`` times (so slow drift of a shared machine hits both).
+
+Memory: ``jax_compiled_*`` from the executable's ``memory_analysis()`` (arguments = state + batch,
+temporaries = activations and scratch, so argument + output - alias + temp bounds the live device
+bytes); ``*_rss_delta_mb``: highest resident set size while that framework builds its state, warms up
+and runs its steps, minus the RSS just before (after ``malloc_trim`` so memory the other framework
+freed is not silently reused), sampled every 5 ms from /proc/self/statm.
+
+Prints ONE JSON line. ``--smoke``: batch 1, C=16, K=8, a 2-layer encoder, 1 step (for tests).
+``--breakdown`` adds per-piece times (JAX and torch: forward, forward+backward, optimiser; JAX:
+G4CN alone) under "breakdown".
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = dict(batch=1, max_text_len=16, max_candidates=8, layers=2, steps=1)
+
+# Dense peak FLOP/s per device kind (substring of jax's device_kind) for MFU: (bf16, fp32 matmul).
+# fp32 matmuls on these GPUs run as TF32 under JAX's default precision, so the TF32 peak is used.
+PEAK_FLOPS = {
+    "H200": (989e12, 494e12),
+    "H100": (989e12, 494e12),
+    "A100": (312e12, 156e12),
+    "L4": (121e12, 60e12),
+    "V100": (125e12, 15.7e12),
+}
+
+
+# ------------------------------------------------------------------------------------------ process
+def pin_threads(n: Optional[int]) -> int:
+    """Pin the process to its first `n` schedulable cores (call before JAX/torch start); returns the count."""
+    if n:
+        cores = sorted(os.sched_getaffinity(0))
+        if n > len(cores):
+            raise ValueError(f"--threads {n}: only {len(cores)} schedulable cores")
+        os.sched_setaffinity(0, set(cores[:n]))
+    return len(os.sched_getaffinity(0))
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so the next RSS baseline is honest."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class RssSampler:
+    """Background thread recording the highest RSS seen while each named phase is active."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.phase: Optional[str] = None
+        self.base: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.phase is not None:
+                self.peak[self.phase] = max(self.peak.get(self.phase, 0), rss_bytes())
+
+    def start(self, phase: str) -> None:
+        malloc_trim()
+        self.base[phase] = rss_bytes()
+        self.peak.setdefault(phase, self.base[phase])
+        self.phase = phase
+
+    def resume(self, phase: str) -> None:
+        self.phase = phase
+
+    def pause(self) -> None:
+        if self.phase is not None:
+            self.peak[self.phase] = max(self.peak[self.phase], rss_bytes())
+        self.phase = None
+
+    def delta_mb(self, phase: str) -> Optional[float]:
+        if phase not in self.base:
+            return None
+        return round((self.peak[phase] - self.base[phase]) / 2**20, 1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def time_steps(step: Callable[[], Any], n: int) -> list[float]:
+    """Wall time of each of `n` calls of `step` (which must block until its work is done)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- data
+def load_config(dataset: str = "scierc", phase: str = "ner"):
+    """`configs/<dataset>.py:<phase>` of this repository."""
+    path = REPO / "configs" / f"{dataset}.py"
+    spec = importlib.util.spec_from_file_location(f"lai_jax_bench_config_{dataset}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(phase)
+
+
+def make_setup(encoder: str = "default", max_text_len: Optional[int] = None, max_candidates: Optional[int] = None,
+               layers: Optional[int] = None, dtype: str = "float32", dataset: str = "scierc"):
+    """(config, `lai_jax.train.Setup`) for the NER phase, optionally with only the first `layers` encoder layers."""
+    from lai_jax import train
+    from lai_jax.models import LAINet
+
+    config = load_config(dataset, "ner")
+    config.encoder = encoder
+    config.data.use_tfds = False  # the plain readers read the same bundled files, without tfds preparation
+    config.model.dtype = dtype
+    if max_text_len:
+        config.max_text_len = max_text_len
+    if max_candidates:
+        config.max_candidates = max_candidates
+    setup = train.build(config)
+    if layers and layers < setup.model.bert.num_hidden_layers:
+        bert = dataclasses.replace(setup.model.bert, num_hidden_layers=layers)
+        keep = {"embeddings"} | {f"layer_{i}" for i in range(layers)}
+        setup = dataclasses.replace(setup, model=LAINet(bert, setup.head),
+                                    encoder_params={k: v for k, v in setup.encoder_params.items() if k in keep})
+    return config, setup
+
+
+def load_batch(config, setup, batch: int, split: str = "dev", seed: int = 0):
+    """A batch of `batch` real instances of `split` (a seeded draw without replacement) and all instances."""
+    import numpy as np
+
+    from lai_jax import train
+    from lai_jax.data import features
+
+    docs = train.load_docs(config, split, setup.labels)
+    instances = train.instances_for(setup, docs)
+    order = np.random.default_rng(seed).permutation(len(instances))
+    chosen = [instances[i] for i in sorted(order[:batch])]
+    return features.stack(chosen, batch), instances
+
+
+def fractions(batch: dict) -> tuple[float, float]:
+    """(non-PAD tokens / all tokens, filled candidate slots / all slots) of a stacked batch."""
+    import numpy as np
+
+    from lai_jax.data import masks
+
+    return (float(np.mean(batch["token_groups"] != masks.PAD)), float(np.mean(batch["cand_mask"])))
+
+
+# ---------------------------------------------------------------------------------------- analysis
+def _first(x: Any) -> Any:
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+def memory_stats(compiled: Any) -> dict[str, Optional[int]]:
+    try:
+        m = _first(compiled.memory_analysis())
+    except Exception:  # backend-dependent
+        m = None
+    if m is None:
+        return {"argument": None, "output": None, "alias": None, "temp": None}
+    return {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
+            "alias": int(m.alias_size_in_bytes), "temp": int(m.temp_size_in_bytes)}
+
+
+def compiled_flops(compiled: Any) -> Optional[float]:
+    try:
+        cost = _first(compiled.cost_analysis())
+        return float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception:
+        return None
+
+
+def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
+    for name, (bf16, fp32) in PEAK_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def _mb(n: Optional[int]) -> Optional[float]:
+    return None if n is None else round(n / 2**20, 1)
+
+
+def _per_s(times: list[float]) -> float:
+    return round(1.0 / statistics.median(times), 4)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", default="default", help="HF directory or Hub name (default: packaged MiniLM-L6)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per framework and round")
+    p.add_argument("--rounds", type=int, default=1, help="alternating JAX/torch timing blocks")
+    p.add_argument("--threads", type=int, default=None, help="cores for both frameworks (default: all schedulable)")
+    p.add_argument("--layers", type=int, default=None, help="use only the first N encoder layers")
+    p.add_argument("--max-text-len", type=int, default=None, help="override C (default: the SciERC config's)")
+    p.add_argument("--max-candidates", type=int, default=None, help="override K (default: the SciERC config's)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
+    p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
+    p.add_argument("--no-torch", action="store_true", help="JAX only (e.g. on an accelerator)")
+    p.add_argument("--no-encoder", action="store_true", help="skip the encoder-only comparison")
+    p.add_argument("--breakdown", action="store_true", help="also time the pieces of each step")
+    p.add_argument("--seed", type=int, default=0, help="which dev instances form the batch")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes and one step (for tests)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch, args.steps = SMOKE["batch"], SMOKE["steps"]
+        args.max_text_len = args.max_text_len or SMOKE["max_text_len"]
+        args.max_candidates = args.max_candidates or SMOKE["max_candidates"]
+        args.layers = args.layers or SMOKE["layers"]
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = _parse(argv)
+    threads = pin_threads(args.threads)
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+
+    import jax
+    import numpy as np
+
+    from lai_jax import encoder as encoder_lib
+    from lai_jax import torch_reference as tr
+    from lai_jax import train
+    from lai_jax.data import masks
+    from lai_jax.parallel import Runner
+    from lai_jax.steps import bind_steps
+
+    rss = RssSampler()
+    config, setup = make_setup(args.encoder, args.max_text_len, args.max_candidates, args.layers, args.dtype)
+    host_batch, dev_instances = load_batch(config, setup, args.batch, seed=args.seed)
+    T, K = host_batch["input_ids"].shape[1], host_batch["cand_mask"].shape[1]
+    tok_frac, cand_frac = fractions(host_batch)
+    device = jax.devices()[0]
+    use_gold = True  # SciERC's first 40 epochs (cold start); the other branch costs the same
+    total_steps = 1000  # only shapes the learning-rate schedule
+    result: dict[str, Any] = {
+        "jax_steps_per_s": None, "torch_steps_per_s": None, "ratio": None,
+        "encoder_jax_steps_per_s": None, "encoder_torch_steps_per_s": None, "encoder_ratio": None,
+        "compile_s": None,
+        "batch": args.batch, "T": T, "K": K, "steps": args.steps, "rounds": args.rounds, "threads": threads,
+        "device": f"{device.platform}:{device.device_kind}", "jax_dtype": args.dtype, "torch_dtype": "float32",
+        "layers": setup.model.bert.num_hidden_layers, "hidden": setup.model.bert.hidden_size,
+        "real_token_fraction": round(tok_frac, 4), "real_candidate_fraction": round(cand_frac, 4),
+    }
+
+    # ------------------------------------------------------------------ JAX: the real train step
+    rss.start("jax")
+    runner = Runner("pmap", *bind_steps(setup.model, "ner"))
+    state = train.init_state(setup, host_batch, total_steps)
+    host_params = jax.tree.map(np.asarray, state.params)  # what torch gets (before any update)
+    state = runner.put_state(state)
+    flag = np.broadcast_to(np.asarray(use_gold), (runner.n,))
+    t0 = time.perf_counter()
+    compiled = runner._train.lower(state, runner.shard_batch(host_batch), flag).compile()
+    result["compile_s"] = round(time.perf_counter() - t0, 2)
+    runner._train = compiled  # Runner.train now dispatches exactly this executable (no second compile)
+    holder = {"state": state}
+
+    def jax_step() -> None:
+        holder["state"], m = runner.train(holder["state"], host_batch, use_gold)
+        jax.block_until_ready((holder["state"], m))
+
+    jax_step()  # warm-up
+    rss.pause()
+    mem = memory_stats(compiled)
+    flops = compiled_flops(compiled)
+
+    # ---------------------------------------------------------------------- torch: the reference
+    tmodel = opt = sched = tb = None
+    if not args.no_torch:
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        rss.start("torch")
+        path = encoder_lib.resolve_encoder_path(config.encoder)
+        tmodel = tr.TorchLAINet.from_pretrained(path, setup.head, num_hidden_layers=args.layers)
+        tr.copy_flax_params(tmodel, host_params)
+        tmodel.train()
+        opt, sched = tr.make_optimizer(tmodel, config.optim, total_steps)
+        tb = tr.to_torch(host_batch)
+
+        def torch_step() -> None:
+            tr.train_step(tmodel, opt, sched, tb, use_gold, config.optim.grad_clip)
+
+        torch_step()  # warm-up
+        rss.pause()
+
+    jax_times: list[float] = []
+    torch_times: list[float] = []
+    for _ in range(args.rounds):
+        rss.resume("jax")
+        jax_times += time_steps(jax_step, args.steps)
+        rss.pause()
+        if tmodel is not None:
+            rss.resume("torch")
+            torch_times += time_steps(torch_step, args.steps)
+            rss.pause()
+    jax_s = statistics.median(jax_times)
+    result["jax_steps_per_s"] = _per_s(jax_times)
+    if torch_times:
+        result["torch_steps_per_s"] = _per_s(torch_times)
+        result["ratio"] = round(statistics.median(torch_times) / jax_s, 3)  # jax/torch in steps/s; >1: JAX faster
+
+    # ---------------------------------------------------------------------- encoder fwd + bwd
+    enc_params = host_params["encoder"]
+    if not args.no_encoder:
+        enc_model = encoder_lib.BertEncoder(setup.model.bert)
+        bool_mask = masks.attention_mask(host_batch["token_groups"].astype(np.int32), host_batch["marker_partner"],
+                                         np.asarray(setup.head.visibility, bool), setup.head.partner_only)
+        enc_in = jax.device_put((host_batch["input_ids"], host_batch["position_ids"], host_batch["token_type_ids"],
+                                 bool_mask))
+        p_dev = jax.device_put(enc_params)
+
+        def enc_loss(p, rng, b):
+            out = enc_model.apply({"params": p}, *b, deterministic=False, rngs={"dropout": rng})
+            return out.astype(np.float32).sum()
+
+        enc_fn = jax.jit(jax.value_and_grad(enc_loss)).lower(p_dev, jax.random.PRNGKey(0), enc_in).compile()
+        keys = iter(jax.random.split(jax.random.PRNGKey(1), 1 + args.steps * args.rounds))
+
+        def jax_enc() -> None:
+            jax.block_until_ready(enc_fn(p_dev, next(keys), enc_in))
+
+        jax_enc()
+        enc_j: list[float] = []
+        enc_t: list[float] = []
+        if tmodel is not None:
+            import torch
+
+            amask = tr.additive_mask(tb["token_groups"], tb["marker_partner"], setup.head.visibility,
+                                     setup.head.partner_only)
+
+            def torch_enc() -> None:
+                tmodel.zero_grad(set_to_none=True)
+                tmodel.bert(input_ids=tb["input_ids"], attention_mask=amask, token_type_ids=tb["token_type_ids"],
+                            position_ids=tb["position_ids"]).last_hidden_state.sum().backward()
+
+            torch_enc()
+        for _ in range(args.rounds):
+            enc_j += time_steps(jax_enc, args.steps)
+            if tmodel is not None:
+                enc_t += time_steps(torch_enc, args.steps)
+        result["encoder_jax_steps_per_s"] = _per_s(enc_j)
+        if enc_t:
+            result["encoder_torch_steps_per_s"] = _per_s(enc_t)
+            result["encoder_ratio"] = round(statistics.median(enc_t) / statistics.median(enc_j), 3)
+        result["encoder_share_of_jax_step"] = round(statistics.median(enc_j) / jax_s, 3)
+
+    # --------------------------------------------------------------------------------- memory, FLOPs
+    result.update({
+        "jax_compiled_argument_mb": _mb(mem["argument"]), "jax_compiled_temp_mb": _mb(mem["temp"]),
+        "jax_compiled_peak_mb": None if mem["temp"] is None else
+        _mb(mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]),
+        "jax_rss_delta_mb": rss.delta_mb("jax"), "torch_rss_delta_mb": rss.delta_mb("torch"),
+        "jax_step_gflop": None if flops is None else round(flops / 1e9, 2),
+        "jax_achieved_gflop_per_s": None if flops is None else round(flops / jax_s / 1e9, 2),
+        "mfu": None,
+    })
+    peak = peak_flops(device.device_kind, args.dtype) if device.platform == "gpu" else None
+    if flops is not None and peak:
+        result["mfu"] = round(flops / jax_s / peak, 4)
+    rss.close()
+
+    if args.breakdown:
+        result["breakdown"] = breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold,
+                                        config, args.steps, total_steps)
+    result["dev_real_token_fraction"] = round(fractions(_stack_all(dev_instances))[0], 4)
+    result["dev_real_candidate_fraction"] = round(fractions(_stack_all(dev_instances))[1], 4)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _stack_all(instances) -> dict:
+    import numpy as np
+
+    return {k: np.stack([i.arrays[k] for i in instances]) for k in ("token_groups", "cand_mask")}
+
+
+# ------------------------------------------------------------------------------------------ breakdown
+def breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold, config, steps: int,
+              total_steps: int) -> dict[str, Any]:
+    """Median ms of the pieces of a step (same batch, train mode). Pieces overlap (fwd ⊂ fwd+bwd)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lai_jax.g4cn import G4CN
+    from lai_jax.models import ner_loss
+    from lai_jax.steps import TrainState, make_optimizer
+
+    model, head, d = setup.model, setup.head, setup.model.bert.hidden_size
+    params = jax.device_put(host_params)
+    batch = jax.device_put(host_batch)
+    rng = jax.random.PRNGKey(0)
+    gold = jnp.asarray(use_gold)
+
+    def objective(p, b):
+        out = model.apply({"params": p}, b, deterministic=False, rngs={"dropout": rng})
+        sums, counts = ner_loss(out, b, gold)
+        return sum(sums[k] / jnp.maximum(counts[k], 1) for k in sums)
+
+    def ms(fn, *a) -> float:
+        c = jax.jit(fn).lower(*a).compile()
+        jax.block_until_ready(c(*a))
+        return round(statistics.median(time_steps(lambda: jax.block_until_ready(c(*a)), steps)) * 1e3, 2)
+
+    out: dict[str, Any] = {}
+    out["jax_forward_ms"] = ms(objective, params, batch)
+    out["jax_fwd_bwd_ms"] = ms(jax.grad(objective), params, batch)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config.optim, total_steps),
+                              rng=rng)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    out["jax_optimizer_ms"] = ms(lambda s, g: s.apply_gradients(grads=g), state, grads)
+    if head.use_annotations and head.gcn_layers > 0:
+        g4cn = G4CN(hidden=d, gcn_layers=head.gcn_layers, gcn_sublayers=head.gcn_sublayers, gcn_heads=head.gcn_heads,
+                    gauss_dim=head.gauss_dim, edge=head.edge, dropout=head.dropout, dtype=model.bert.dtype)
+        n_anno = host_batch["anno_start"].shape[1]
+        B, K = host_batch["cand_mask"].shape
+        nodes = jax.random.normal(jax.random.PRNGKey(2), (B, K + n_anno, d))
+        node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones((B, n_anno), bool)], axis=1)
+
+        def g_loss(p, x):
+            return g4cn.apply({"params": p}, x, node_mask, deterministic=False, rngs={"dropout": rng}).sum()
+
+        out["jax_g4cn_fwd_bwd_ms"] = ms(jax.grad(g_loss, argnums=(0, 1)), params["g4cn"], nodes)
+    if tmodel is not None:
+        import torch
+
+        from lai_jax import torch_reference as tr
+
+        def t_fwd() -> None:
+            with torch.no_grad():
+                tr.ner_objective(tmodel(tb), tb, use_gold)
+
+        def t_fb() -> None:
+            tmodel.zero_grad(set_to_none=True)
+            tr.ner_objective(tmodel(tb), tb, use_gold)[0].backward()
+
+        def t_opt() -> None:
+            torch.nn.utils.clip_grad_norm_(tmodel.parameters(), config.optim.grad_clip)
+            opt.step()
+
+        for name, fn in (("torch_forward_ms", t_fwd), ("torch_fwd_bwd_ms", t_fb), ("torch_optimizer_ms", t_opt)):
+            fn()
+            out[name] = round(statistics.median(time_steps(fn, steps)) * 1e3, 2)
+        if tmodel.use_graph:
+            n_anno = tb["anno_start"].shape[1]
+            tnodes = torch.from_numpy(np.asarray(nodes)).requires_grad_(True)
+            tmask = torch.from_numpy(np.asarray(node_mask))
+
+            def t_g() -> None:
+                tmodel.zero_grad(set_to_none=True)
+                tmodel.g4cn(tnodes, tmask).sum().backward()
+
+            t_g()
+            out["torch_g4cn_fwd_bwd_ms"] = round(statistics.median(time_steps(t_g, steps)) * 1e3, 2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,542 @@
+"""Predict entities (and relations) on new text with trained NER (and RE) workdirs.
+
+    python -m lai_jax.predict --ner=runs/quick_ner --re=runs/quick_re --input=news.txt --output=pred.jsonl
+    echo "John Smith works for Acme Corp in Boston." | python -m lai_jax.predict --ner=runs/quick_ner --input=- --output=-
+    python -m lai_jax.predict --ner=runs/scierc_ner --re=runs/scierc_re --input=data/scierc/test.json --output=-
+
+Input (``--format=auto`` picks by the first non-blank character of the input):
+
+* ``text``: one document per line (UTF-8; a BOM and a trailing CR are ignored). Sentences are split and
+  words tokenised by :mod:`lai_jax.text`. Blank lines (whitespace only) are skipped but keep their
+  number: every *non-blank* line gives exactly one output object, carrying its 1-based ``"line"``.
+* ``pure``: PURE/DyGIE JSONL, one document per line (``doc_key``, ``sentences``), or a JSON list of
+  such documents. Chosen by auto when the input starts with '{'.
+* ``spert``: a SpERT JSON list of sentences (``tokens``, optional ``orig_id``); each sentence is a
+  document with doc_key ``<file stem>:<orig_id or index>`` (stem ``stdin`` for ``-``). Chosen by auto
+  when the input starts with '[' (a list whose first item has ``sentences`` is read as PURE).
+
+Gold annotations in JSON input (``ner``/``relations``/``entities``) are ignored, not even validated. Text
+that starts with '{' or '[' needs ``--format=text``. Malformed input stops the run with a message naming
+the file and line (or item) and exit status 2; nothing is skipped silently.
+
+Output: JSON lines, one object per document, in input order::
+
+    {"line": 3,                      # text input; JSON input has "doc_key" instead
+     "tokens": [["John", "Smith", "works", ...], ...],          # words per sentence
+     "entities": [{"sentence": 0, "start": 0, "end": 1,        # word indices in the sentence, end inclusive
+                   "type": "Peop", "score": 0.97,              # type probability (decoding.decode_ner)
+                   "char_start": 0, "char_end": 10,            # text input only: offsets into the line,
+                   "text": "John Smith"}, ...],                # end exclusive; text = line[char_start:char_end]
+     "relations": [{"sentence": 0, "head": 0, "tail": 1,       # indices into "entities"
+                    "type": "Work_For", "score": 0.88}, ...]}  # only with --re
+
+For JSON input ``text`` is the span's words joined by single spaces. Character offsets count Unicode code
+points (Python string indices), not bytes. Entities are listed by sentence, then (start, end).
+
+Long sentences: a sentence whose wordpieces exceed ``max_text_len`` (the smaller of the NER and RE
+configs') is cut into overlapping windows of whole words (``plan_windows``); each window fits the budget
+and consecutive windows share 2 * max_span_len words (at least max_span_len - 1), so every word is
+covered and every candidate span of at most ``max_span_len`` words lies wholly inside some window: no
+word and no span is dropped. Each span is scored in the window where it is most central (most words of context on
+its nearer side; ties: the earlier window), so every span is scored exactly once and decoding is the one
+of an ordinary sentence. An entity pair is classified in the window most central to the pair; a pair
+that no single window contains (the two entities are further apart than a window) gets no relation. A
+sentence with more candidate spans than ``max_candidates`` needs no window: the featurizer already
+spreads its candidates over several instances. A single word with more wordpieces than the budget (a
+long URL or hash) is shown to the model by its longest prefix that fits; the output keeps the whole word.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from lai_jax import text as text_lib
+from lai_jax.data.documents import DataError, Document, Entity, Sentence
+
+log = logging.getLogger("lai_jax")
+
+FORMATS = ("auto", "text", "pure", "spert")
+GOLD_KEYS = ("ner", "relations", "predicted_ner", "predicted_relations", "entities", "clusters", "events")
+
+# (start, end inclusive, type, score) and (head span, tail span, type, score), sentence-level words.
+EntityPred = tuple[int, int, str, float]
+RelationPred = tuple[tuple[int, int], tuple[int, int], str, float]
+
+
+class PredictError(Exception):
+    """A usage problem the CLI reports in one line (exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------------------ input
+@dataclasses.dataclass
+class InputDoc:
+    key: dict[str, Any]  # {"line": n} for text input, {"doc_key": k} for JSON input
+    doc: Document  # words per sentence; for text also char_spans and text (the line)
+
+
+def text_document(line: str, doc_key: str) -> Document:
+    """One line of text as a Document with the character span of every word (possibly no sentences)."""
+    sentences = [Sentence([w.text for w in sent], char_spans=[(w.start, w.end) for w in sent])
+                 for sent in text_lib.split_sentences(line)]
+    return Document(doc_key, sentences, text=line)
+
+
+def _read_source(path: str) -> tuple[str, str]:
+    """(display name, decoded text) of a file or of stdin ('-')."""
+    if path == "-":
+        name, raw = "<stdin>", sys.stdin.buffer.read()
+    else:
+        p = Path(path)
+        name = str(p)
+        if not p.exists():
+            raise DataError(name, "file", "path", "file not found")
+        if not p.is_file():
+            raise DataError(name, "file", "path", "not a regular file")
+        raw = p.read_bytes()
+    try:
+        return name, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(name, f"line {line}", "encoding", f"not UTF-8 (byte {e.start}: {e.reason})") from None
+
+
+def detect_format(content: str) -> str:
+    first = content.lstrip()[:1]
+    if first == "{":
+        return "pure"
+    if first == "[":
+        return "spert"
+    return "text"
+
+
+def _strip_gold(obj: Any) -> Any:
+    return {k: v for k, v in obj.items() if k not in GOLD_KEYS} if isinstance(obj, dict) else obj
+
+
+def _json_error(name: str, e: json.JSONDecodeError, where: str, hint: str) -> DataError:
+    return DataError(name, where, "json", f"invalid JSON: {e.msg} (column {e.colno}){hint}")
+
+
+def parse_input(content: str, name: str, fmt: str = "auto") -> list[InputDoc]:
+    """Documents of an input's text (see the module docstring); raises DataError naming file and line."""
+    from lai_jax.data.readers import document_from_pure, sentence_from_spert
+    if fmt not in FORMATS:
+        raise PredictError(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    auto = fmt == "auto"
+    if auto:
+        fmt = detect_format(content)
+    hint = (f"; detected as {fmt.upper() if fmt == 'pure' else 'SpERT'} JSON from the first character, "
+            "pass --format=text for plain text") if auto else ""
+    out: list[InputDoc] = []
+    if fmt == "text":
+        for n, line in enumerate(content.split("\n"), start=1):
+            line = line[:-1] if line.endswith("\r") else line
+            if line.strip():
+                out.append(InputDoc({"line": n}, text_document(line, f"line{n}")))
+        return out
+    if content.lstrip().startswith("["):  # a JSON list: SpERT sentences or PURE documents
+        try:
+            data = json.loads(content)
+        except json.JSONDecodeError as e:
+            raise _json_error(name, e, f"line {e.lineno}", hint) from None
+        if not isinstance(data, list):
+            raise DataError(name, "file", "<top level>", f"expected a JSON list, got {type(data).__name__}{hint}")
+        if fmt == "spert" and data and isinstance(data[0], dict) and "sentences" in data[0] and "tokens" not in data[0]:
+            fmt = "pure" if auto else fmt
+        stem = "stdin" if name == "<stdin>" else Path(name).stem
+        for i, obj in enumerate(data):
+            if fmt == "pure":
+                doc = document_from_pure(_strip_gold(obj), source=name, where=f"document {i}",
+                                         require_annotations=False)
+                out.append(InputDoc({"doc_key": doc.doc_key}, doc))
+                continue
+            orig_id = obj.get("orig_id") if isinstance(obj, dict) else None
+            where = f"sentence {i} (orig_id {orig_id})" if orig_id is not None else f"sentence {i}"
+            sent = sentence_from_spert(_strip_gold(obj), source=name, where=where, require_annotations=False)
+            key = f"{stem}:{orig_id if orig_id is not None else i}"
+            out.append(InputDoc({"doc_key": key}, Document(key, [sent])))
+        return out
+    if fmt == "spert":
+        first = content.lstrip()[:1]
+        raise DataError(name, "line 1", "format", f"SpERT input must be a JSON list (starting with '['), "
+                                                  f"found {first!r}")
+    for n, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _json_error(name, e, where, hint) from None
+        doc = document_from_pure(_strip_gold(obj), source=name, where=where, require_annotations=False)
+        out.append(InputDoc({"doc_key": doc.doc_key}, doc))
+    return out
+
+
+def read_input(path: str, fmt: str = "auto") -> list[InputDoc]:
+    name, content = _read_source(path)
+    return parse_input(content, name, fmt)
+
+
+# ---------------------------------------------------------------------------------------------- windows
+def plan_windows(piece_counts: Sequence[int], budget: int, max_span_len: int) -> list[tuple[int, int]]:
+    """Word windows [lo, hi) of a sentence: each fits `budget` wordpieces, together they cover every word.
+
+    Consecutive windows share ``2 * max_span_len`` words (fewer for windows of under 4 * max_span_len
+    words, but at least ``max_span_len - 1`` unless the pieces of that overlap plus the next word exceed
+    the budget), and each window reaches further than the one before. So every word is covered, there
+    are at most as many windows as words, and each span of at most ``max_span_len`` words whose pieces fit
+    the budget lies wholly inside some window. The last window is stretched backwards to use the whole
+    budget. A count above ``budget`` is treated as ``budget`` (the caller shortens such words).
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be positive, got {budget}")
+    counts = [min(max(int(c), 1), budget) for c in piece_counts]
+    n = len(counts)
+    if sum(counts) <= budget:
+        return [(0, n)] if n else []
+    min_overlap = max(max_span_len - 1, 0)
+    windows: list[tuple[int, int]] = []
+    lo = 0
+    while True:
+        hi, total = lo, 0
+        while hi < n and total + counts[hi] <= budget:
+            total += counts[hi]
+            hi += 1
+        if hi == n:
+            while lo > 0 and total + counts[lo - 1] <= budget:
+                lo -= 1
+                total += counts[lo]
+            windows.append((lo, n))
+            return windows
+        windows.append((lo, hi))
+        overlap = max(min_overlap, min(2 * max_span_len, (hi - lo) // 2))
+        lo = max(lo + 1, hi - overlap)
+        # The next window must take in word `hi`: drop overlap that would leave it no room. (A span
+        # starting before the new `lo` and reaching `hi` has more pieces than the budget anyway.)
+        total = sum(counts[lo:hi + 1])
+        while total > budget:
+            total -= counts[lo]
+            lo += 1
+
+
+def centrality(lo: int, hi: int, start: int, end: int) -> int:
+    """Words of context between the span [start, end] and the nearer edge of the window [lo, hi)."""
+    return min(start - lo, hi - 1 - end)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    doc: int  # index of the input document
+    sent: int  # sentence index in it
+    lo: int  # first word (sentence-level)
+    hi: int  # one past the last word
+
+
+def _piece_counts(tok, words: list[str]) -> list[int]:
+    """Wordpieces per word, as Featurizer.word_pieces counts them (an empty word counts as [UNK])."""
+    enc = tok(list(words), is_split_into_words=True, add_special_tokens=False)
+    counts = [0] * len(words)
+    for wid in enc.word_ids():
+        if wid is not None:
+            counts[wid] += 1
+    return [max(c, 1) for c in counts]
+
+
+def _fit_word(word: str, tokenizers: Sequence[Any], budget: int) -> str:
+    """The longest prefix of `word` whose wordpieces fit `budget` under every tokenizer."""
+    def fits(w: str) -> bool:
+        return all(len(t(w, add_special_tokens=False)["input_ids"]) <= budget for t in tokenizers)
+    lo, hi = 1, len(word)  # fits(word[:lo]) assumed: one character is at most a few pieces
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(word[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return word[:lo] if fits(word[:lo]) else (getattr(tokenizers[0], "unk_token", None) or word[:1])
+
+
+def windowed_documents(docs: Sequence[Document], tokenizers: Sequence[Any], budget: int, max_span_len: int
+                       ) -> tuple[list[Document], list[list[Window]]]:
+    """Model documents in which every over-long sentence is replaced by its windows (in order).
+
+    Returns the documents (those without words are left out) and, per model document and model sentence,
+    the Window it stands for. Windows of one sentence are consecutive sentences of the model document, so
+    the featurizer's document context around them stays what it would be.
+    """
+    model_docs: list[Document] = []
+    wmap: list[list[Window]] = []
+    for d, doc in enumerate(docs):
+        sentences: list[Sentence] = []
+        windows: list[Window] = []
+        for s, sent in enumerate(doc.sentences):
+            if not sent.words:
+                continue
+            per_tok = [_piece_counts(t, sent.words) for t in tokenizers]
+            counts = [max(cs) for cs in zip(*per_tok)]
+            words = [_fit_word(w, tokenizers, budget) if c > budget else w for w, c in zip(sent.words, counts)]
+            for lo, hi in plan_windows(counts, budget, max_span_len):
+                sentences.append(Sentence(words[lo:hi]))
+                windows.append(Window(d, s, lo, hi))
+        if sentences:
+            model_docs.append(Document(doc.doc_key, sentences))
+            wmap.append(windows)
+    return model_docs, wmap
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def decode_ner_windows(setup, docs: Sequence[Document], wmap: list[list[Window]], instances, probs
+                       ) -> list[list[list[EntityPred]]]:
+    """NER outputs on windows -> entities with scores per input document and sentence.
+
+    Same rule as train.decode (decoding.decode_ner over all candidates of a sentence), after keeping for
+    each sentence-level span only the scores from the window where it is most central.
+    """
+    from lai_jax import decoding
+    c = setup.config
+    tables: dict[tuple[int, int], dict[tuple[int, int], tuple[int, float, np.ndarray]]] = {}
+    for inst, p in zip(instances, probs):
+        w = wmap[inst.doc][inst.sent]
+        k = len(inst.spans)
+        fp = p["filter_prob"][:k] if "filter_prob" in p else np.ones(k, np.float32)
+        tp = p["type_probs"][:k]
+        table = tables.setdefault((w.doc, w.sent), {})
+        for slot, (a, b) in enumerate(inst.spans):
+            span = (a + w.lo, b + w.lo)
+            score = centrality(w.lo, w.hi, *span)
+            if span not in table or score > table[span][0]:
+                table[span] = (score, float(fp[slot]), tp[slot])
+    out: list[list[list[EntityPred]]] = [[[] for _ in doc.sentences] for doc in docs]
+    for (d, s), table in tables.items():
+        spans = sorted(table)
+        if not spans:
+            continue
+        found = decoding.decode_ner(spans, np.array([table[x][1] for x in spans]),
+                                    np.stack([table[x][2] for x in spans]), setup.labels.entity_types,
+                                    flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
+                                    use_filter=c.model.use_filter)
+        out[d][s] = [(int(a), int(b), t, float(score)) for a, b, t, score in found]
+    return out
+
+
+def window_entities(entities: list[list[list[EntityPred]]], wmap: list[list[Window]]
+                    ) -> list[list[list[Entity]]]:
+    """entities[d][s] -> per model document and window, the entities wholly inside it (window coordinates)."""
+    return [[[Entity(a - w.lo, b - w.lo, t) for a, b, t, _ in entities[w.doc][w.sent] if w.lo <= a and b < w.hi]
+             for w in windows] for windows in wmap]
+
+
+def decode_re_windows(setup, docs: Sequence[Document], wmap: list[list[Window]],
+                      entities: list[list[list[EntityPred]]], instances, probs) -> list[list[list[RelationPred]]]:
+    """RE outputs on windows -> relations with scores per input document and sentence.
+
+    Same rule as train.decode (decoding.decode_relations per sentence), taking each ordered pair's
+    probabilities from the window most central to the pair (both directions then come from one window).
+    """
+    from lai_jax import decoding
+    c = setup.config
+    index = {}
+    for d, sents in enumerate(entities):
+        for s, ents in enumerate(sents):
+            index[(d, s)] = {(a, b): i for i, (a, b, _, _) in enumerate(ents)}
+    tables: dict[tuple[int, int], dict[tuple[int, int], tuple[int, np.ndarray]]] = {}
+    for inst, p in zip(instances, probs):
+        w = wmap[inst.doc][inst.sent]
+        idx = index[(w.doc, w.sent)]
+        subj = (inst.subject[0] + w.lo, inst.subject[1] + w.lo)
+        table = tables.setdefault((w.doc, w.sent), {})
+        for slot, (a, b) in enumerate(inst.spans):
+            obj = (a + w.lo, b + w.lo)
+            score = centrality(w.lo, w.hi, min(subj[0], obj[0]), max(subj[1], obj[1]))
+            pair = (idx[subj], idx[obj])
+            if pair not in table or score > table[pair][0]:
+                table[pair] = (score, p["type_probs"][slot])
+    out: list[list[list[RelationPred]]] = [[[] for _ in doc.sentences] for doc in docs]
+    for (d, s), table in tables.items():
+        spans = [(a, b) for a, b, _, _ in entities[d][s]]
+        triples = decoding.decode_relations(spans, {pair: v[1] for pair, v in table.items()},
+                                            setup.featurizer.rel_space, rule=c.re.re_decode,
+                                            threshold=c.re.threshold)
+        out[d][s] = [(tuple(map(int, h)), tuple(map(int, t)), r, float(score)) for h, t, r, score in triples]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- output
+def _round(x: float) -> float:
+    return round(float(x), 6)
+
+
+def document_json(inp: InputDoc, entities: list[list[EntityPred]],
+                  relations: Optional[list[list[RelationPred]]] = None) -> dict:
+    """The output object of one document (see the module docstring)."""
+    doc = inp.doc
+    ents_out: list[dict] = []
+    where: dict[tuple[int, tuple[int, int]], int] = {}
+    for s, sent in enumerate(doc.sentences):
+        for a, b, t, score in sorted(entities[s], key=lambda e: (e[0], e[1], e[2])):
+            item: dict[str, Any] = {"sentence": s, "start": a, "end": b, "type": t, "score": _round(score)}
+            if doc.text is not None and sent.char_spans is not None:
+                cs, ce = sent.char_spans[a][0], sent.char_spans[b][1]
+                item.update(char_start=cs, char_end=ce, text=doc.text[cs:ce])
+            else:
+                item["text"] = " ".join(sent.words[a:b + 1])
+            where[(s, (a, b))] = len(ents_out)
+            ents_out.append(item)
+    out: dict[str, Any] = dict(inp.key)
+    out["tokens"] = [list(s.words) for s in doc.sentences]
+    out["entities"] = ents_out
+    if relations is not None:
+        out["relations"] = [{"sentence": s, "head": where[(s, tuple(h))], "tail": where[(s, tuple(t))],
+                             "type": r, "score": _round(score)}
+                            for s in range(len(doc.sentences)) for h, t, r, score in relations[s]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- running
+def check_workdir(workdir: str, phase: str):
+    """The run's config, after checking it is a `phase` workdir with a checkpoint."""
+    from lai_jax.evaluate import load_config
+    try:
+        config = load_config(workdir)
+    except FileNotFoundError as e:
+        raise PredictError(str(e)) from None
+    if config.phase != phase:
+        flag = "--ner" if phase == "ner" else "--re"
+        raise PredictError(f"{flag}={workdir} is a {config.phase.upper()} run (config.json phase "
+                           f"{config.phase!r}); {flag} needs a {phase.upper()} workdir")
+    if not (Path(workdir) / "checkpoints" / "best").is_dir():
+        raise PredictError(f"{workdir} has no checkpoints/best: has the {phase.upper()} run saved a checkpoint?")
+    return config
+
+
+def _restore(workdir: str, batch_size: Optional[int]):
+    from lai_jax.evaluate import restore_run
+    try:
+        setup, runner, state = restore_run(workdir)
+    except FileNotFoundError as e:
+        raise PredictError(f"{workdir}: {e}") from None
+    if batch_size:
+        setup.config.per_device_eval_batch_size = int(batch_size)
+    return setup, runner, state
+
+
+def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: Optional[str] = None,
+                      batch_size: Optional[int] = None) -> list[dict]:
+    """Run NER (and RE) on the documents; one output object per input document, in order."""
+    from lai_jax import encoder as encoder_lib, train
+    ner_config = check_workdir(ner_workdir, "ner")
+    re_config = check_workdir(re_workdir, "re") if re_workdir else None
+    docs = [inp.doc for inp in inputs]
+    entities: list[list[list[EntityPred]]] = [[[] for _ in d.sentences] for d in docs]
+    relations = [[[] for _ in d.sentences] for d in docs] if re_config is not None else None
+    if not any(s.words for d in docs for s in d.sentences):
+        return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
+
+    setup, runner, state = _restore(ner_workdir, batch_size)
+    tokenizers = [setup.tokenizer]
+    budget, span_len = int(ner_config.max_text_len), int(ner_config.max_span_len)
+    if re_config is not None:
+        budget = min(budget, int(re_config.max_text_len))
+        if re_config.encoder != ner_config.encoder:
+            tokenizers.append(encoder_lib.load_tokenizer(re_config.encoder))
+    model_docs, wmap = windowed_documents(docs, tokenizers, budget, span_len)
+    n_sent = sum(len(d.sentences) for d in docs)
+    n_windowed = len({(w.doc, w.sent) for ws in wmap for w in ws if w.lo > 0 or w.hi < len(docs[w.doc].sentences[w.sent].words)})
+    instances = setup.featurizer.ner_instances(model_docs, with_labels=False)[0]
+    log.info("NER: %d documents, %d sentences (%d split into windows of <= %d wordpieces), %d instances",
+             len(docs), n_sent, n_windowed, budget, len(instances))
+    probs = train.run_eval(runner, state, setup, instances, "ner")
+    entities = decode_ner_windows(setup, docs, wmap, instances, probs)
+    del setup, runner, state, instances, probs
+    log.info("NER: %d entities", sum(len(e) for d in entities for e in d))
+
+    if re_config is not None:
+        setup, runner, state = _restore(re_workdir, batch_size)
+        instances = setup.featurizer.re_instances(model_docs, window_entities(entities, wmap))
+        log.info("RE: %d instances", len(instances))
+        probs = train.run_eval(runner, state, setup, instances, "re") if instances else []
+        relations = decode_re_windows(setup, docs, wmap, entities, instances, probs)
+        log.info("RE: %d relations", sum(len(r) for d in relations for r in d))
+    return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
+
+
+def write_jsonl(path: str, objects: Sequence[dict]) -> None:
+    lines = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects)
+    if path == "-":
+        sys.stdout.buffer.write(lines.encode("utf-8"))
+        sys.stdout.flush()
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(lines, encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def _setup_logging() -> None:
+    """Progress at INFO on stderr (stdout may carry the predictions); library chatter only from WARNING."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def run(ner: str, re: Optional[str], input: str, output: str, format: str = "auto",
+        batch_size: Optional[int] = None) -> int:
+    """The CLI without flag parsing: returns the exit status (2 on bad input or workdirs)."""
+    try:
+        if batch_size is not None and batch_size < 1:
+            raise PredictError(f"--batch-size must be positive, got {batch_size}")
+        inputs = read_input(input, format)  # input errors first: they need no model
+        if not inputs:
+            log.warning("%s: no documents (empty input)", "<stdin>" if input == "-" else input)
+        objects = predict_documents(inputs, ner, re, batch_size)
+        write_jsonl(output, objects)
+    except (DataError, PredictError) as e:
+        print(f"lai_jax.predict: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv):
+    from absl import flags
+    if len(argv) > 1:
+        from absl import app
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _setup_logging()
+    F = flags.FLAGS
+    return run(F.ner, F.re, F.input, F.output, F.format, F["batch-size"].value)
+
+
+def define_flags() -> None:
+    from absl import flags
+    flags.DEFINE_string("ner", None, "NER training workdir (config.json + checkpoints/); its best checkpoint "
+                                     "predicts the entities.", required=True)
+    flags.DEFINE_string("re", None, "RE training workdir; its best checkpoint predicts relations between the "
+                                    "predicted entities. Leave out to predict entities only.")
+    flags.DEFINE_string("input", None, "Input file, or - for stdin: plain text (one document per line), PURE "
+                                       "JSONL or SpERT JSON.", required=True)
+    flags.DEFINE_string("output", None, "Output JSONL file (one object per document), or - for stdout.",
+                        required=True)
+    flags.DEFINE_enum("format", "auto", list(FORMATS), "Input format; auto: '{' = PURE JSONL, '[' = SpERT "
+                                                       "(or PURE) JSON list, anything else = text.")
+    flags.DEFINE_integer("batch-size", None, "Per-device evaluation batch size for both phases (default: each "
+                                             "workdir's per_device_eval_batch_size).")
+
+
+if __name__ == "__main__":
+    from absl import app
+    define_flags()
+    app.run(main)

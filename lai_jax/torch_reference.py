@@ -1,0 +1,351 @@
+"""A straight PyTorch port of the LAI-Net NER model, for the benchmark and its parity test only.
+
+    tmodel = TorchLAINet.from_pretrained(encoder_path, head)   # transformers.BertModel, eager attention
+    copy_flax_params(tmodel, state.params)                     # same weights as the lai-jax model
+    out = tmodel(to_torch(batch))                              # {"logits", "filter_logits"}
+    sums, counts = ner_loss(out, tb, use_gold_filter=True)
+
+Every piece mirrors its lai-jax counterpart operation for operation, so that both frameworks do the
+same work and compute the same function (checked by tests/test_bench.py):
+
+* mask: `lai_jax.data.masks.attention_mask` (run with ``xp=torch``) on ``token_groups`` /
+  ``marker_partner``, turned into the additive [B, 1, T, T] float mask (0 / finfo.min) that
+  transformers 5 adds unchanged to the eager attention scores (see tests/test_encoder.py);
+* encoder: `transformers.BertModel` without pooler (``lai_jax.encoder.BertEncoder``);
+* span / annotation representations, G4CN and heads: `lai_jax.models.LAINet` (NER phase) and
+  `lai_jax.g4cn` -- including the centred, expanded-square KL matrix and the ``A (X K) + X K + 2 b``
+  form of the DCGCN sub-layers (same value as ``W(AX) + W(X)``, same FLOPs as the JAX side);
+* loss: `lai_jax.models.ner_loss` (sums and counts; the objective divides each sum by its count).
+
+Only the NER phase is ported (the benchmark's subject). Dropout sits where lai-jax puts it (HF BERT's
+own dropouts, after ``span_proj``, on each G4CN sub-layer output), so train-mode steps do the same
+work, though the random masks of course differ.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lai_jax.data import masks
+from lai_jax.g4cn import EDGES, sublayer_widths
+from lai_jax.models import HeadConfig
+
+# Batch fields (lai_jax.data.features) and the torch dtype each travels as.
+_INT_FIELDS = ("input_ids", "position_ids", "token_type_ids", "token_groups", "marker_partner", "anno_start",
+               "anno_end", "cand_marker_start", "cand_marker_end", "cand_text_start", "cand_text_end", "labels")
+
+
+def to_torch(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A lai-jax host batch (numpy) -> torch tensors (indices as int64, masks bool, weights float32)."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if k in _INT_FIELDS:
+            out[k] = torch.from_numpy(v.astype(np.int64))
+        elif v.dtype == bool:
+            out[k] = torch.from_numpy(v.copy())
+        else:
+            out[k] = torch.from_numpy(v.astype(np.float32))
+    return out
+
+
+def additive_mask(token_groups: torch.Tensor, marker_partner: torch.Tensor, visibility: Any,
+                  partner_only: bool) -> torch.Tensor:
+    """[B, 1, T, T] float32: 0 where the query row sees the key column, finfo(float32).min elsewhere.
+
+    The boolean [B, T, T] mask is `lai_jax.data.masks.attention_mask` itself, evaluated with torch.
+    """
+    table = torch.as_tensor(np.asarray(visibility, bool))
+    seen = masks.attention_mask(token_groups.long(), marker_partner.long(), table, partner_only, xp=torch)
+    neg = torch.finfo(torch.float32).min
+    return torch.zeros(seen.shape, dtype=torch.float32).masked_fill(~seen, neg)[:, None]
+
+
+def gather_tokens(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """h [B, T, d], idx [B, K] -> [B, K, d] (`lai_jax.models.gather_tokens`)."""
+    return torch.gather(h, 1, idx[..., None].expand(*idx.shape, h.shape[-1]))
+
+
+# -------------------------------------------------------------------------------------------- G4CN
+def gaussian_kl_matrix(mu: torch.Tensor, sigma: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`lai_jax.g4cn.gaussian_kl_matrix`: [..., n, n] with out[i, j] = KL(N_i || N_j), diagonal 0."""
+    mu, sigma = mu.float(), sigma.float()
+    n, g = mu.shape[-2], mu.shape[-1]
+    if mask is None:
+        centre = mu.mean(dim=-2, keepdim=True)
+    else:
+        w = mask.broadcast_to(mu.shape[:-1]).float()[..., None]
+        centre = (mu * w).sum(dim=-2, keepdim=True) / w.sum(dim=-2, keepdim=True).clamp_min(1.0)
+    mu = mu - centre
+    var = sigma.square()
+    prec = 1.0 / var
+    log_var = 2.0 * torch.log(sigma)
+    u = torch.cat([var + mu.square(), mu], dim=-1)
+    v = torch.cat([prec, -2.0 * mu * prec], dim=-1)
+    cross = u @ v.transpose(-1, -2)
+    row = -log_var.sum(dim=-1) - g
+    col = (log_var + mu.square() * prec).sum(dim=-1)
+    kl = (0.5 * (cross + row[..., :, None] + col[..., None, :])).clamp_min(0.0)
+    eye = torch.eye(n, dtype=torch.bool, device=kl.device)
+    return kl.masked_fill(eye, 0.0)
+
+
+class G4CNBlock(nn.Module):
+    """`lai_jax.g4cn.G4CNBlock`: per-head densely connected GCN sub-layers, residual, heads -> Dense."""
+
+    def __init__(self, hidden: int, sublayers: int, heads: int, dropout: float):
+        super().__init__()
+        self.hidden, self.heads = hidden, heads
+        widths = sublayer_widths(hidden, sublayers)
+        in_dims = [hidden + sum(widths[:l]) for l in range(len(widths))]
+        self.kernels = nn.ParameterList(
+            nn.Parameter(torch.randn(heads, i, w) / math.sqrt(i)) for i, w in zip(in_dims, widths))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(heads, w)) for w in widths)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(heads * hidden, hidden)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor, denom: torch.Tensor, node_mask: torch.Tensor):
+        d = self.hidden
+        cache: list[torch.Tensor] = []
+        outs: list[torch.Tensor] = []
+        for kernel, bias in zip(self.kernels, self.biases):
+            xw = torch.einsum("bnc,hcw->bhnw", x, kernel[:, :d])
+            off = d
+            for c in cache:
+                xw = xw + torch.einsum("bhnc,hcw->bhnw", c, kernel[:, off:off + c.shape[-1]])
+                off += c.shape[-1]
+            pre = adj @ xw + xw + 2.0 * bias[None, :, None, :]
+            g = F.relu(pre / denom)
+            cache.append(g)
+            outs.append(self.drop(g))
+        y = torch.cat(outs, dim=-1) + x[:, None]  # [B, H, n, d]
+        B, H, n, _ = y.shape
+        y = self.out(y.permute(0, 2, 1, 3).reshape(B, n, H * d))
+        return y.masked_fill(~node_mask[..., None], 0.0)
+
+
+class G4CN(nn.Module):
+    """`lai_jax.g4cn.G4CN`: Gaussian graph generator (one adjacency per pass) + stacked blocks."""
+
+    def __init__(self, hidden: int, gcn_layers: int = 2, gcn_sublayers: int = 2, gcn_heads: int = 4,
+                 gauss_dim: int = 1, edge: str = "kl", dropout: float = 0.1, sigma_eps: float = 1e-4):
+        super().__init__()
+        if edge not in EDGES:
+            raise ValueError(f"edge must be one of {EDGES}, got {edge!r}")
+        self.heads, self.gauss_dim, self.edge, self.sigma_eps = gcn_heads, gauss_dim, edge, sigma_eps
+        self.gauss = nn.Linear(hidden, gcn_heads * 2 * gauss_dim)
+        self.blocks = nn.ModuleList(G4CNBlock(hidden, gcn_sublayers, gcn_heads, dropout) for _ in range(gcn_layers))
+
+    def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+        if not self.blocks:
+            return nodes
+        H, g = self.heads, self.gauss_dim
+        x = nodes.masked_fill(~node_mask[..., None], 0.0)
+        gp = self.gauss(x)
+        B, n = gp.shape[:2]
+        gp = gp.reshape(B, n, H, 2, g).permute(0, 2, 1, 3, 4)  # [B, H, n, 2, g]
+        mu = gp[..., 0, :]
+        sigma = F.softplus(gp[..., 1, :]) + self.sigma_eps
+        m = node_mask[:, None, :]
+        kl = gaussian_kl_matrix(mu, sigma, mask=m)
+        adj = kl if self.edge == "kl" else torch.exp(-kl)
+        pair = m[..., :, None] & m[..., None, :]
+        adj = adj.masked_fill(~pair, 0.0)
+        denom = adj.sum(dim=-1, keepdim=True) + 1.0
+        for block in self.blocks:
+            x = block(x, adj, denom, node_mask)
+        return x
+
+
+# ------------------------------------------------------------------------------------------- model
+class TorchLAINet(nn.Module):
+    """`lai_jax.models.LAINet` for the NER phase, on a `transformers.BertModel` encoder."""
+
+    def __init__(self, bert: nn.Module, head: HeadConfig):
+        super().__init__()
+        if head.phase != "ner":
+            raise ValueError("the torch reference ports the NER phase only")
+        d = bert.config.hidden_size
+        self.head = head
+        self.bert = bert
+        self.span_proj = nn.Linear(4 * d, d)
+        self.drop = nn.Dropout(head.dropout)
+        self.use_graph = head.use_annotations and head.gcn_layers > 0
+        if self.use_graph:
+            self.anno_proj = nn.Linear(2 * d, d)
+            self.g4cn = G4CN(d, head.gcn_layers, head.gcn_sublayers, head.gcn_heads, head.gauss_dim, head.edge,
+                             head.dropout)
+        self.classifier = nn.Linear(d, head.num_classes)
+        if head.use_filter:
+            self.filter = nn.Linear(d, 2)
+
+    @classmethod
+    def from_pretrained(cls, path: str, head: HeadConfig, num_hidden_layers: Optional[int] = None,
+                        attn_implementation: str = "eager") -> "TorchLAINet":
+        """Encoder weights from the HF directory `path` (optionally only its first layers); heads random."""
+        import transformers
+        from transformers import BertModel
+
+        kw = {} if num_hidden_layers is None else {"num_hidden_layers": num_hidden_layers}
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # truncation reports the unused layers' weights
+        try:
+            bert = BertModel.from_pretrained(path, attn_implementation=attn_implementation, add_pooling_layer=False,
+                                             **kw)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        return cls(bert, head)
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Last hidden states [B, T, d] under the partial attention mask."""
+        head = self.head
+        mask = additive_mask(batch["token_groups"], batch["marker_partner"], head.visibility, head.partner_only)
+        return self.bert(input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch["token_type_ids"],
+                         position_ids=batch["position_ids"]).last_hidden_state
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        h = self.encode(batch)
+        parts = [gather_tokens(h, batch[k]) for k in
+                 ("cand_text_start", "cand_text_end", "cand_marker_start", "cand_marker_end")]
+        cand = self.drop(self.span_proj(torch.cat(parts, dim=-1)))
+        if self.use_graph:
+            anno = self.anno_proj(torch.cat([gather_tokens(h, batch["anno_start"]),
+                                             gather_tokens(h, batch["anno_end"])], dim=-1))
+            nodes = torch.cat([cand, anno], dim=1)
+            node_mask = torch.cat([batch["cand_mask"], torch.ones(anno.shape[:2], dtype=torch.bool)], dim=1)
+            g = self.g4cn(nodes, node_mask)
+            cand = 0.5 * (cand + g[:, :cand.shape[1]])
+        out = {"logits": self.classifier(cand)}
+        if self.head.use_filter:
+            out["filter_logits"] = self.filter(cand)
+        return out
+
+
+# -------------------------------------------------------------------------------------------- loss
+def _xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return -torch.gather(F.log_softmax(logits, dim=-1), -1, labels[..., None])[..., 0]
+
+
+def ner_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], use_gold_filter: bool
+             ) -> tuple[dict, dict]:
+    """`lai_jax.models.ner_loss`: L_filter and L_span as (sums, counts) over real candidates."""
+    real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
+    labels = batch["labels"]
+    is_entity = labels > 0
+    sums, counts = {}, {}
+    if "filter_logits" in out:
+        sums["filter"] = (_xent(out["filter_logits"], is_entity.long()) * real).sum()
+        counts["filter"] = real.sum()
+        predicted = out["filter_logits"].detach().argmax(-1) == 1
+        keep = real & (is_entity if use_gold_filter else predicted)
+    else:
+        keep = real
+    sums["span"] = (_xent(out["logits"], labels) * keep).sum()
+    counts["span"] = keep.sum()
+    return sums, counts
+
+
+def ner_objective(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], use_gold_filter: bool
+                  ) -> tuple[torch.Tensor, dict]:
+    """Sum over terms of sum / max(count, 1), as `lai_jax.steps.train_step` on one device."""
+    sums, counts = ner_loss(out, batch, use_gold_filter)
+    terms = {k: sums[k] / counts[k].clamp_min(1) for k in sums}
+    return sum(terms.values()), terms
+
+
+# ----------------------------------------------------------------------------------- weight copying
+def _t(x: Any, transpose: bool = False) -> torch.Tensor:
+    a = np.asarray(x, np.float32)
+    return torch.from_numpy(np.array(a.T if transpose else a, order="C"))  # a writable copy
+
+
+def _dense(linear: nn.Linear, p: Mapping[str, Any]) -> None:
+    """flax Dense {kernel [in, out], bias} -> torch Linear (weight [out, in])."""
+    linear.weight.copy_(_t(p["kernel"], transpose=True))
+    linear.bias.copy_(_t(p["bias"]))
+
+
+def _copy_encoder(bert: nn.Module, params: Mapping[str, Any]) -> None:
+    """lai-jax encoder params -> the BertModel, through the importer's own name table (inverse of it)."""
+    from lai_jax.encoder import BertConfig, _hf_names  # the importer's table is the one source of names
+
+    cfg = bert.config
+    jcfg = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                      num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+                      max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size)
+    state = bert.state_dict()
+    for leaf in _hf_names(jcfg):
+        node = params
+        for part in leaf.path:
+            node = node[part]
+        state[leaf.hf_key].copy_(_t(node, transpose=leaf.transpose))
+
+
+@torch.no_grad()
+def copy_flax_params(tmodel: TorchLAINet, params: Mapping[str, Any], include_encoder: bool = True) -> None:
+    """Copy a lai-jax `LAINet` (NER) params tree (the dict under {"params": ...}) into `tmodel`.
+
+    Head parameters always; the encoder too unless `include_encoder` is False (then the BertModel keeps
+    the weights it was loaded with, which equal a fresh lai-jax state's encoder).
+    """
+    _dense(tmodel.span_proj, params["span_proj"])
+    _dense(tmodel.classifier, params["classifier"])
+    if tmodel.head.use_filter:
+        _dense(tmodel.filter, params["filter"])
+    if tmodel.use_graph:
+        _dense(tmodel.anno_proj, params["anno_proj"])
+        g = params["g4cn"]
+        _dense(tmodel.g4cn.gauss, g["gauss"])
+        for i, block in enumerate(tmodel.g4cn.blocks):
+            bp = g[f"block_{i}"]
+            for l, (kernel, bias) in enumerate(zip(block.kernels, block.biases)):
+                kernel.copy_(_t(bp[f"kernel_{l}"]))
+                bias.copy_(_t(bp[f"bias_{l}"]))
+            _dense(block.out, bp["out"])
+    if include_encoder:
+        _copy_encoder(tmodel.bert, params["encoder"])
+
+
+# --------------------------------------------------------------------------------------- optimiser
+def make_optimizer(tmodel: TorchLAINet, optim_cfg: Any, total_steps: int, fused: Optional[bool] = None
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """`lai_jax.steps.make_optimizer` in torch: AdamW with encoder / head learning rates, weight decay on
+    kernels and embeddings only, linear warm-up then linear decay. (Global-norm clipping is applied by the
+    step, `train_step`.)"""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in tmodel.named_parameters():
+        part = "encoder" if name.startswith("bert.") else "head"
+        decay = p.ndim > 1 and "LayerNorm" not in name
+        groups.setdefault((part, decay), []).append(p)
+    lr = {"encoder": optim_cfg.encoder_learning_rate, "head": optim_cfg.learning_rate}
+    param_groups = [{"params": ps, "lr": lr[part], "weight_decay": optim_cfg.weight_decay if decay else 0.0}
+                    for (part, decay), ps in groups.items()]
+    # optax.adamw defaults: b1 0.9, b2 0.999, eps 1e-8 (torch: same).
+    opt = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+    warmup = max(1, int(total_steps * optim_cfg.warmup_ratio))
+    decay_steps = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        return step / warmup if step < warmup else max(0.0, 1.0 - (step - warmup) / decay_steps)
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_step(tmodel: TorchLAINet, opt: torch.optim.Optimizer, sched: Any, batch: Mapping[str, torch.Tensor],
+               use_gold_filter: bool, grad_clip: float = 1.0) -> dict[str, float]:
+    """Forward, loss, backward, global-norm clipping, AdamW update (the torch side of the benchmark)."""
+    opt.zero_grad(set_to_none=True)
+    loss, _ = ner_objective(tmodel(batch), batch, use_gold_filter)
+    loss.backward()
+    if grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(tmodel.parameters(), grad_clip)
+    else:
+        grad_norm = torch.zeros(())
+    opt.step()
+    sched.step()
+    return {"loss": loss.detach(), "grad_norm": grad_norm}

@@ -1,0 +1,343 @@
+"""Prediction on raw text / PURE / SpERT input: tokenisation, windows, offsets, CLI and its errors."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+from lai_jax import predict
+from lai_jax.data.documents import DataError, Document, Sentence
+from lai_jax.data.features import enumerate_spans
+from lai_jax.text import split_sentences, tokenize
+
+VOCAB = ["Paris", "Mary", "the", "company", "of", "Internationalization", "in", "Chicago", "said", ",",
+         "Zürich", "Renée", "acquisitions", "Smith", "and", "IBM"]
+
+
+def _squash(s: str) -> str:
+    return re.sub(r"\s+", "", s)
+
+
+def _long_line(n_words: int = 300, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(VOCAB) for _ in range(n_words))
+
+
+# ------------------------------------------------------------------------------------------- text.py
+def test_tokenize_offsets_and_punctuation():
+    text = 'Dr. Smith (CEO) said: "Don\'t sell state-of-the-art U.S. chips for $3.14 or 1,000!" ok?!'
+    words = tokenize(text)
+    assert [w.text for w in words] == [
+        "Dr", ".", "Smith", "(", "CEO", ")", "said", ":", '"', "Don't", "sell", "state-of-the-art", "U.S.",
+        "chips", "for", "$", "3.14", "or", "1,000", "!", '"', "ok", "?", "!"]
+    for w in words:
+        assert text[w.start:w.end] == w.text
+    assert [w.text for w in tokenize("-leading trailing- it's' 'quoted'")] == [
+        "-", "leading", "trailing", "-", "it's", "'", "'", "quoted", "'"]
+
+
+def test_tokenize_non_ascii():
+    text = "Renée Müller (naïve, cafe\u0301) visited 北京大学 👍🏽 👨\u200d👩\u200d👧 🇫🇷 — «Zürich» \u00a0x\u200by"
+    words = tokenize(text)
+    assert [w.text for w in words] == [
+        "Renée", "Müller", "(", "naïve", ",", "cafe\u0301", ")", "visited", "北", "京", "大", "学", "👍🏽",
+        "👨\u200d👩\u200d👧", "🇫🇷", "—", "«", "Zürich", "»", "x", "y"]
+    for w in words:
+        assert text[w.start:w.end] == w.text
+
+
+def test_tokenize_random_unicode_never_crashes_and_covers_text():
+    rng = random.Random(0)
+    pool = [chr(c) for c in [*range(0x20, 0x7F), *range(0xA0, 0x250), 0x301, 0x308, 0x200B, 0x200C, 0x200D, 0x2060,
+                             0xFE0F, 0x20E3, 0xAD, 0x2028, 0x0B, *range(0x4E00, 0x4E40), *range(0x1F600, 0x1F620),
+                             0x1F3FD, 0x1F1EB, 0x1F1F7, *range(0x0900, 0x0940), *range(0x0600, 0x0640)]]
+    for _ in range(300):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 60)))
+        words = tokenize(text)
+        covered = set()
+        for a, b in zip(words, words[1:]):
+            assert a.end <= b.start
+        for w in words:
+            assert w.text and text[w.start:w.end] == w.text
+            covered.update(range(w.start, w.end))
+        for i, ch in enumerate(text):  # letters, digits, marks, punctuation and symbols are never dropped
+            if unicodedata.category(ch)[0] in "LMNPS":
+                assert i in covered, (text, i, ch)
+        sents = split_sentences(text, words)
+        assert [w for s in sents for w in s] == words and all(sents)
+
+
+def test_split_sentences():
+    text = ('Dr. J. Smith joined Acme Inc. in 1990. He left in 2001! "Why?" she asked. It costs 3.5 dollars... '
+            'really. 北京是首都。我爱北京！ The end')
+    sents = [" ".join(w.text for w in s) for s in split_sentences(text)]
+    assert sents == ["Dr . J . Smith joined Acme Inc . in 1990 .", "He left in 2001 !", '" Why ? " she asked .',
+                     "It costs 3.5 dollars . . . really .", "北 京 是 首 都 。", "我 爱 北 京 ！",
+                     "The end"]
+    assert split_sentences("") == [] and split_sentences("  \u200b ") == []
+    assert len(split_sentences("One.\n\ntwo")) == 2 and len(split_sentences("a. b")) == 1
+
+
+def test_text_document_char_spans():
+    line = "  Renée works for 北京 Corp.  "
+    doc = predict.text_document(line, "line1")
+    assert doc.text == line and doc.sentences[0].words == ["Renée", "works", "for", "北", "京", "Corp", "."]
+    for s in doc.sentences:
+        assert [line[a:b] for a, b in s.char_spans] == s.words
+
+
+# ------------------------------------------------------------------------------------------- windows
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_windows_cover_every_word_and_fit(seed):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 6, size=300).tolist()
+    counts[17] = 40  # a word longer than the whole budget (the caller shortens it)
+    budget, L = 32, 5
+    windows = predict.plan_windows(counts, budget, L)
+    assert windows[0][0] == 0 and windows[-1][1] == 300
+    covered = set()
+    for (lo, hi), nxt in zip(windows, windows[1:] + [None]):
+        assert lo < hi and sum(min(c, budget) for c in counts[lo:hi]) <= budget
+        covered.update(range(lo, hi))
+        if nxt is not None:
+            assert nxt[0] > lo and nxt[1] > hi and nxt[0] <= hi
+    assert covered == set(range(300))
+    # Every span of <= L words whose pieces fit the budget lies inside some window.
+    for a, b in enumerate_spans(300, L):
+        if sum(counts[a:b + 1]) <= budget:
+            assert any(lo <= a and b < hi for lo, hi in windows), (a, b)
+    assert predict.plan_windows([1, 2, 3], 32, 5) == [(0, 3)] and predict.plan_windows([], 32, 5) == []
+
+
+@pytest.fixture(scope="module")
+def ner_setup(tiny_bert):
+    from lai_jax import train
+    return train.build(tiny_config("ner", tiny_bert, max_text_len=32, max_candidates=32, max_span_len=3))
+
+
+@pytest.fixture(scope="module")
+def re_setup(tiny_bert):
+    from lai_jax import train
+    return train.build(tiny_config("re", tiny_bert, max_text_len=32, max_objects=4, **{"re.re_decode": "both"}))
+
+
+def _long_doc(n_words: int = 300) -> Document:
+    return predict.text_document(_long_line(n_words), "long")
+
+
+def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
+    doc = _long_doc()
+    words = doc.sentences[0].words
+    assert len(words) == 300
+    budget, L = 32, 3
+    tok = ner_setup.tokenizer
+    model_docs, wmap = predict.windowed_documents([doc], [tok], budget, L)
+    assert len(model_docs[0].sentences) > 5
+    instances = ner_setup.featurizer.ner_instances(model_docs, with_labels=False)[0]
+    seen = set()
+    for inst in instances:
+        w = wmap[inst.doc][inst.sent]
+        n_pieces = len(tok(words[w.lo:w.hi], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+        assert n_pieces <= budget
+        seen.update((a + w.lo, b + w.lo) for a, b in inst.spans)
+    assert seen == set(enumerate_spans(300, L))  # nothing cut off by max_text_len
+
+    # Fake model outputs: two entities far beyond max_text_len, one near the start.
+    targets = {(5, 5): 1, (250, 251): 2, (258, 258): 3}
+    E = len(ner_setup.labels.entity_types)
+    probs = []
+    for inst in instances:
+        w = wmap[inst.doc][inst.sent]
+        K = len(inst.arrays["cand_mask"])
+        tp = np.tile(np.eye(1 + E, dtype=np.float32)[0], (K, 1))
+        fp = np.zeros(K, np.float32)
+        for slot, (a, b) in enumerate(inst.spans):
+            t = targets.get((a + w.lo, b + w.lo))
+            if t is not None:
+                tp[slot] = 0.05 / E
+                tp[slot, t] = 0.95
+                fp[slot] = 0.9
+        probs.append({"type_probs": tp, "filter_prob": fp})
+    ents = predict.decode_ner_windows(ner_setup, [doc], wmap, instances, probs)
+    types = ner_setup.labels.entity_types
+    assert [(a, b, t) for a, b, t, _ in ents[0][0]] == [(a, b, types[t - 1]) for (a, b), t in sorted(targets.items())]
+    assert all(abs(s - 0.95) < 1e-6 for *_, s in ents[0][0])
+
+    # RE on the windows: the close pair far into the sentence is classified, the far pair never is.
+    space = re_setup.featurizer.rel_space
+    r_inst = re_setup.featurizer.re_instances(model_docs, predict.window_entities(ents, wmap))
+    fwd, inv = space.forward_id(space.relation_types[0]), space.inverse_id(space.relation_types[0])
+    r_probs, pairs = [], set()
+    for inst in r_inst:
+        w = wmap[inst.doc][inst.sent]
+        subj = (inst.subject[0] + w.lo, inst.subject[1] + w.lo)
+        p = np.tile(np.eye(space.num_classes, dtype=np.float32)[0], (len(inst.arrays["labels"]), 1))
+        for slot, (a, b) in enumerate(inst.spans):
+            obj = (a + w.lo, b + w.lo)
+            pairs.add((subj, obj))
+            if (subj, obj) == ((250, 251), (258, 258)):
+                p[slot] = np.eye(space.num_classes)[fwd] * 0.8 + 0.2 / space.num_classes
+            if (subj, obj) == ((258, 258), (250, 251)):
+                p[slot] = np.eye(space.num_classes)[inv] * 0.8 + 0.2 / space.num_classes
+        r_probs.append({"type_probs": p})
+    assert ((5, 5), (250, 251)) not in pairs and ((250, 251), (258, 258)) in pairs
+    rels = predict.decode_re_windows(re_setup, [doc], wmap, ents, r_inst, r_probs)
+    assert [(h, t, r) for h, t, r, _ in rels[0][0]] == [((250, 251), (258, 258), space.relation_types[0])]
+
+    inp = predict.InputDoc({"line": 1}, doc)
+    out = predict.document_json(inp, ents[0], rels[0])
+    assert out["relations"] == [{"sentence": 0, "head": 1, "tail": 2, "type": space.relation_types[0],
+                                 "score": pytest.approx(0.8 + 0.2 / space.num_classes, abs=1e-5)}]
+
+
+def test_overlong_word_is_shortened_not_dropped(ner_setup):
+    tok = ner_setup.tokenizer
+    doc = predict.text_document("short " + "x7q" * 30 + " words here", "d")
+    model_docs, wmap = predict.windowed_documents([doc], [tok], 16, 3)
+    model_words = [w for s in model_docs[0].sentences for w in s.words]
+    assert len(tok("x7q" * 30, add_special_tokens=False)["input_ids"]) > 16
+    assert len(tok(model_words[1], add_special_tokens=False)["input_ids"]) <= 16
+    assert model_words[1] == ("x7q" * 30)[:len(model_words[1])]
+    assert {i for w in wmap[0] for i in range(w.lo, w.hi)} == set(range(4))
+
+
+# ------------------------------------------------------------------------------------------- offsets
+def _check_entity_offsets(obj: dict, line: str) -> None:
+    for e in obj["entities"]:
+        words = obj["tokens"][e["sentence"]][e["start"]:e["end"] + 1]
+        assert line[e["char_start"]:e["char_end"]] == e["text"]
+        assert _squash(e["text"]) == _squash("".join(words))
+
+
+def test_char_offsets_of_hand_made_entities():
+    line = '\t«Renée Müller» of 北京 Corp. met 👨\u200d👩\u200d👧 at state-of-the-art café\u0301 — "IBM".  '
+    inp = predict.parse_input(line + "\n", "<test>", "text")[0]
+    sents = inp.doc.sentences
+    ents = [[(a, b, "Peop", 0.5) for a, b in enumerate_spans(len(s.words), 4)] for s in sents]
+    obj = predict.document_json(inp, ents)
+    assert "relations" not in obj and obj["line"] == 1
+    assert len(obj["entities"]) == sum(len(e) for e in ents)
+    _check_entity_offsets(obj, line)
+    by_text = {e["text"] for e in obj["entities"]}
+    assert {"Renée Müller", "北京 Corp", "👨\u200d👩\u200d👧", "state-of-the-art café\u0301"} <= by_text
+
+
+def test_json_input_formats_ignore_gold():
+    pure = [{"doc_key": "a", "sentences": [["John", "lives"], ["in", "Ulm", "."]],
+             "ner": [[[0, 0, "Bogus"]], [[9, 9, "Loc"]]], "relations": "not even a list"},
+            {"doc_key": 7, "sentences": [["x"]]}]
+    text = "\n".join(json.dumps(d) for d in pure) + "\n\n"
+    docs = predict.parse_input(text, "f.jsonl")
+    assert [d.key for d in docs] == [{"doc_key": "a"}, {"doc_key": "7"}]
+    assert docs[0].doc.sentences[1].words == ["in", "Ulm", "."] and docs[0].doc.text is None
+    assert predict.parse_input(json.dumps(pure), "f.json")[1].key == {"doc_key": "7"}  # a list of PURE documents
+    spert = [{"tokens": ["A", "b"], "entities": [{"start": 5, "end": 1, "type": "?"}], "orig_id": 3},
+             {"tokens": ["c"]}]
+    docs = predict.parse_input(json.dumps(spert), "dir/dev.json")
+    assert [d.key for d in docs] == [{"doc_key": "dev:3"}, {"doc_key": "dev:1"}]
+    obj = predict.document_json(docs[0], [[(0, 1, "Org", 0.25)]])
+    assert obj["entities"] == [{"sentence": 0, "start": 0, "end": 1, "type": "Org", "score": 0.25, "text": "A b"}]
+    # Text whose first character is a bracket needs --format=text.
+    assert predict.parse_input("[1] Intro.\n", "t.txt", "text")[0].doc.sentences[0].words[:3] == ["[", "1", "]"]
+
+
+@pytest.mark.parametrize("content,fmt,where", [
+    ("plain text\n", "pure", "line 1"),
+    ('{"doc_key": "a", "sentences": [["x"]]}\n\n{"doc_key": "b", "sentences": [["y"]\n', "auto", "line 3"),
+    ('{"doc_key": "a", "sentences": [["x"]]}\n{"doc_key": "b"}\n', "auto", "line 2"),
+    ('{"doc_key": "a", "sentences": [["x", ""]]}\n', "pure", "line 1"),
+    ('[{"tokens": ["a"]}, {"tokens": "ab"}]', "auto", "sentence 1"),
+    ('{"doc_key": "a", "sentences": [["x"]]}', "spert", "line 1"),
+])
+def test_wrong_format_names_file_and_line(content, fmt, where):
+    with pytest.raises(DataError) as e:
+        predict.parse_input(content, "in.jsonl", fmt)
+    assert str(e.value).startswith(f"in.jsonl: {where}")
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"doc_key": "a", "sentences": [["x"]]}\n{"doc_key": "b", "sentences": [["y"]\n')
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
+    cases = [([f"--input={bad}"], [str(bad), "line 2", "--format=text"]),
+             ([f"--input={tmp_path / 'missing.txt'}"], ["missing.txt", "file not found"]),
+             ([f"--input={latin}"], [str(latin), "line 2", "not UTF-8"])]
+    for args, needles in cases:
+        proc = subprocess.run([sys.executable, "-m", "lai_jax.predict", f"--ner={tmp_path}", "--output=-", *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        for needle in needles:
+            assert needle in proc.stderr
+    # A workdir that is not a training run: input is fine, the workdir is reported.
+    ok = tmp_path / "ok.txt"
+    ok.write_text("Hello world.\n")
+    assert predict.run(str(tmp_path / "nowhere"), None, str(ok), "-") == 2
+
+
+# ------------------------------------------------------------------------------- end to end (trained)
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory, tiny_bert):
+    """A tiny NER and RE run (two steps each) of configs/quick.py."""
+    from lai_jax import train
+    root = tmp_path_factory.mktemp("predict_runs")
+    overrides = {"max_steps": 2, "data.train_limit": 16, "data.eval_limit": 8, "per_device_batch_size": 4,
+                 "eval_every_steps": 2, "num_epochs": 1, "max_candidates": 32, "max_text_len": 32,
+                 "model.gcn_layers": 0, "data.use_tfds": False}
+    out = []
+    for phase in ("ner", "re"):
+        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides), str(root / phase))
+        out.append(str(root / phase))
+    return tuple(out)
+
+
+def test_predict_text_end_to_end(workdirs, tmp_path):
+    ner, re_dir = workdirs
+    lines = ["John Smith works for Acme Corp. in Boston. He met Mary there.", "",
+             _long_line(300, seed=1) + " .", "Renée Müller visited 北京 and Zürich 👍🏽 with IBM.", "   ",
+             "😀"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "sub" / "out.jsonl"
+    assert predict.run(ner, re_dir, str(src), str(out), batch_size=3) == 0
+    objs = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [o["line"] for o in objs] == [1, 3, 4, 6]  # one object per non-blank line
+    assert [len(t) for t in objs[1]["tokens"]] == [301]
+    assert [w for s in objs[1]["tokens"] for w in s] == lines[2].split()
+    assert objs[3]["tokens"] == [["😀"]]
+    for o in objs:
+        line = lines[o["line"] - 1]
+        _check_entity_offsets(o, line)
+        for e in o["entities"]:
+            assert 0 <= e["start"] <= e["end"] < len(o["tokens"][e["sentence"]]) and 0 <= e["score"] <= 1
+        for r in o["relations"]:
+            assert o["entities"][r["head"]]["sentence"] == o["entities"][r["tail"]]["sentence"] == r["sentence"]
+            assert r["head"] != r["tail"]
+
+
+def test_predict_pure_stdin_to_stdout_entities_only(workdirs):
+    ner, _ = workdirs
+    docs = [{"doc_key": "d1", "sentences": [["Mary", "lives", "in", "Ulm", "."], ["She", "works", "."]],
+             "ner": [[[0, 0, "Unknown"]], []]},
+            {"doc_key": "d2", "sentences": [["IBM"]]}]
+    stdin = "".join(json.dumps(d) + "\n" for d in docs)
+    proc = subprocess.run([sys.executable, "-m", "lai_jax.predict", f"--ner={ner}", "--input=-", "--output=-"],
+                          cwd=REPO, input=stdin, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    objs = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [o["doc_key"] for o in objs] == ["d1", "d2"]
+    assert objs[0]["tokens"] == docs[0]["sentences"]
+    for o in objs:
+        assert "relations" not in o
+        for e in o["entities"]:
+            assert "char_start" not in e
+            assert e["text"] == " ".join(o["tokens"][e["sentence"]][e["start"]:e["end"] + 1])
