@@ -40,6 +40,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import statistics
 import threading
 import time
@@ -246,9 +247,13 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-candidates", type=int, default=None, help="override K (default: the SciERC config's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
+    p.add_argument("--prng-impl", default=None, choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                   help="jax_default_prng_impl (the dropout-mask generator); default: JAX's (threefry2x32)")
     p.add_argument("--no-torch", action="store_true", help="JAX only (e.g. on an accelerator)")
     p.add_argument("--no-encoder", action="store_true", help="skip the encoder-only comparison")
     p.add_argument("--breakdown", action="store_true", help="also time the pieces of each step")
+    p.add_argument("--profile", action="store_true",
+                   help="trace --steps JAX train steps with jax.profiler and attribute XLA op time to model parts")
     p.add_argument("--seed", type=int, default=0, help="which dev instances form the batch")
     p.add_argument("--smoke", action="store_true", help="tiny shapes and one step (for tests)")
     args = p.parse_args(argv)
@@ -269,6 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     import jax
     import numpy as np
 
+    if args.prng_impl:
+        jax.config.update("jax_default_prng_impl", args.prng_impl)
     from lai_jax import encoder as encoder_lib
     from lai_jax import torch_reference as tr
     from lai_jax import train
@@ -289,7 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "encoder_jax_steps_per_s": None, "encoder_torch_steps_per_s": None, "encoder_ratio": None,
         "compile_s": None,
         "batch": args.batch, "T": T, "K": K, "steps": args.steps, "rounds": args.rounds, "threads": threads,
-        "device": f"{device.platform}:{device.device_kind}", "jax_dtype": args.dtype, "torch_dtype": "float32",
+        "device": f"{device.platform}:{device.device_kind}", "jax_dtype": args.dtype,
+        "prng_impl": jax.config.jax_default_prng_impl, "torch_dtype": "float32",
         "layers": setup.model.bert.num_hidden_layers, "hidden": setup.model.bert.hidden_size,
         "real_token_fraction": round(tok_frac, 4), "real_candidate_fraction": round(cand_frac, 4),
     }
@@ -416,6 +424,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.breakdown:
         result["breakdown"] = breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold,
                                         config, args.steps, total_steps)
+    if args.profile:
+        result["profile"] = profile_step(jax_step, compiled, args.steps)
     result["dev_real_token_fraction"] = round(fractions(_stack_all(dev_instances))[0], 4)
     result["dev_real_candidate_fraction"] = round(fractions(_stack_all(dev_instances))[1], 4)
     print(json.dumps(result), flush=True)
@@ -426,6 +436,88 @@ def _stack_all(instances) -> dict:
     import numpy as np
 
     return {k: np.stack([i.arrays[k] for i in instances]) for k in ("token_groups", "cand_mask")}
+
+
+# -------------------------------------------------------------------------------------------- profile
+_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name="([^"]*)"', re.M)
+_HEADS = ("span_proj", "anno_proj", "classifier", "filter")
+
+
+def op_category(op_name: Optional[str]) -> str:
+    """Model part of an XLA op from its JAX name stack (flax module path), e.g. `encoder.ffn_matmul`."""
+    if op_name is None:
+        return "unattributed (copies, layout)"
+    if "LAINet" not in op_name:
+        return "loss" if "jvp(" in op_name else "optimizer, grad psum, clipping"
+    parts = re.split(r"LAINet\)+/", op_name, maxsplit=1)  # "jvp(LAINet)/..." or "transpose(jvp(LAINet))/..."
+    path = parts[1] if len(parts) == 2 else ""
+    if re.search(r"Dropout|attention_dropout|_bernoulli|threefry", path):
+        return "dropout (mask RNG + apply)"
+    if path.startswith("encoder/embeddings"):
+        return "encoder.embeddings"
+    if re.match(r"encoder/layer_\d+/(query|key|value|attention_output)/", path):
+        return "encoder.qkvo_matmul"
+    if re.match(r"encoder/layer_\d+/(intermediate|output)/", path):
+        return "encoder.ffn_matmul"
+    if "LayerNorm" in path:
+        return "encoder.layernorm"
+    if re.match(r"encoder/layer_\d+/(btnh,bsnh->bnts|bnts,bsnh->btnh)", path):
+        return "encoder.attention_matmul"
+    if path.startswith("encoder/"):
+        return "encoder.other (softmax, gelu, residual, mask bias)"
+    if path.startswith("g4cn"):
+        return "g4cn"
+    if path.split("/")[0] in _HEADS:
+        return "heads (span/anno proj, classifier, filter)"
+    return "lainet.other (mask, gathers, concat)"
+
+
+def profile_step(step: Callable[[], Any], compiled: Any, steps: int) -> dict[str, Any]:
+    """Trace `steps` calls of `step` (jax.profiler) and sum XLA op durations per `op_category`, per step.
+
+    XLA's CPU runtime records one event per executed thunk (`hlo_op`); the optimised HLO of `compiled`
+    maps each op to its JAX name stack. Durations are per thread, so independent ops that ran
+    concurrently both count (the total can exceed the wall time of a step).
+    """
+    import collections
+    import glob
+    import shutil
+    import tempfile
+
+    import jax
+    from jax.profiler import ProfileData
+
+    names = {}
+    for m in _OP_NAME.finditer(compiled.as_text()):
+        names.setdefault(m.group(1), m.group(2))
+    logdir = tempfile.mkdtemp(prefix="lai_jax_profile_")
+    try:
+        t0 = time.perf_counter()
+        jax.profiler.start_trace(logdir)
+        for _ in range(steps):
+            step()
+        jax.profiler.stop_trace()
+        wall = (time.perf_counter() - t0) / steps
+        per_cat: collections.Counter = collections.Counter()
+        per_dir: collections.Counter = collections.Counter()
+        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+            for plane in ProfileData.from_file(path).planes:
+                for line in plane.lines:
+                    for ev in line.events:
+                        op = dict(ev.stats).get("hlo_op")
+                        if op is None:
+                            continue
+                        name = names.get(op)
+                        per_cat[op_category(name)] += ev.duration_ns
+                        per_dir["backward" if name and "transpose(" in name else
+                                "forward" if name and "jvp(" in name else "other"] += ev.duration_ns
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    total = sum(per_cat.values())
+    return {"wall_ms_per_step": round(wall * 1e3, 1), "op_ms_per_step": round(total / steps / 1e6, 1),
+            "ms_per_step": {k: round(v / steps / 1e6, 1) for k, v in per_cat.most_common()},
+            "share": {k: round(v / max(total, 1), 3) for k, v in per_cat.most_common()},
+            "direction_share": {k: round(v / max(total, 1), 3) for k, v in per_dir.most_common()}}
 
 
 # ------------------------------------------------------------------------------------------ breakdown

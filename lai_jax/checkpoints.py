@@ -74,6 +74,7 @@ class MetricWriter:
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         import json
         self._jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        self._jsonl.flush()  # a crash must not lose the log
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, float(v), step)

@@ -37,13 +37,14 @@ Long sentences: a sentence whose wordpieces exceed ``max_text_len`` (the smaller
 configs') is cut into overlapping windows of whole words (``plan_windows``); each window fits the budget
 and consecutive windows share 2 * max_span_len words (at least max_span_len - 1), so every word is
 covered and every candidate span of at most ``max_span_len`` words lies wholly inside some window: no
-word and no span is dropped. Each span is scored in the window where it is most central (most words of context on
-its nearer side; ties: the earlier window), so every span is scored exactly once and decoding is the one
-of an ordinary sentence. An entity pair is classified in the window most central to the pair; a pair
-that no single window contains (the two entities are further apart than a window) gets no relation. A
-sentence with more candidate spans than ``max_candidates`` needs no window: the featurizer already
-spreads its candidates over several instances. A single word with more wordpieces than the budget (a
-long URL or hash) is shown to the model by its longest prefix that fits; the output keeps the whole word.
+word and no span is dropped. Each span is scored in the window where it is most central (most words of
+context on its nearer side; ties: the earlier window), so every span is scored exactly once and decoding
+is the one of an ordinary sentence. An entity pair is classified in the window most central to the pair;
+a pair that no single window contains (the two entities are further apart than a window) gets no
+relation. A sentence with more candidate spans than ``max_candidates`` needs no window: the featurizer
+already spreads its candidates over several instances. A single word with more wordpieces than the budget
+(a long URL or hash) is shown to the model by its longest prefix that fits; the output keeps the whole
+word.
 """
 from __future__ import annotations
 
@@ -99,7 +100,10 @@ def _read_source(path: str) -> tuple[str, str]:
             raise DataError(name, "file", "path", "file not found")
         if not p.is_file():
             raise DataError(name, "file", "path", "not a regular file")
-        raw = p.read_bytes()
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise DataError(name, "file", "path", f"cannot read: {e.strerror or e}") from None
     try:
         return name, raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -410,8 +414,8 @@ def check_workdir(workdir: str, phase: str):
         raise PredictError(str(e)) from None
     if config.phase != phase:
         flag = "--ner" if phase == "ner" else "--re"
-        raise PredictError(f"{flag}={workdir} is a {config.phase.upper()} run (config.json phase "
-                           f"{config.phase!r}); {flag} needs a {phase.upper()} workdir")
+        raise PredictError(f"{flag}={workdir} is an {config.phase.upper()} run (config.json phase "
+                           f"{config.phase!r}); {flag} needs an {phase.upper()} workdir")
     if not (Path(workdir) / "checkpoints" / "best").is_dir():
         raise PredictError(f"{workdir} has no checkpoints/best: has the {phase.upper()} run saved a checkpoint?")
     return config
@@ -449,7 +453,7 @@ def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: 
             tokenizers.append(encoder_lib.load_tokenizer(re_config.encoder))
     model_docs, wmap = windowed_documents(docs, tokenizers, budget, span_len)
     n_sent = sum(len(d.sentences) for d in docs)
-    n_windowed = len({(w.doc, w.sent) for ws in wmap for w in ws if w.lo > 0 or w.hi < len(docs[w.doc].sentences[w.sent].words)})
+    n_windowed = len({(w.doc, w.sent) for ws in wmap for w in ws if w.lo > 0})
     instances = setup.featurizer.ner_instances(model_docs, with_labels=False)[0]
     log.info("NER: %d documents, %d sentences (%d split into windows of <= %d wordpieces), %d instances",
              len(docs), n_sent, n_windowed, budget, len(instances))
@@ -458,7 +462,7 @@ def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: 
     del setup, runner, state, instances, probs
     log.info("NER: %d entities", sum(len(e) for d in entities for e in d))
 
-    if re_config is not None:
+    if re_config is not None and any(e for sents in entities for e in sents):
         setup, runner, state = _restore(re_workdir, batch_size)
         instances = setup.featurizer.re_instances(model_docs, window_entities(entities, wmap))
         log.info("RE: %d instances", len(instances))
@@ -468,42 +472,53 @@ def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: 
     return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
 
 
+def check_output(path: str) -> None:
+    """Fail before any model runs if `path` cannot be written (its folder is created if missing)."""
+    if path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise PredictError(f"--output={path} is a directory; give a file name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PredictError(f"--output={path}: cannot create {p.parent}: {e.strerror or e}") from None
+    if not os.access(p.parent, os.W_OK):
+        raise PredictError(f"--output={path}: folder {p.parent} is not writable")
+
+
 def write_jsonl(path: str, objects: Sequence[dict]) -> None:
+    """UTF-8 JSON lines to `path` (written whole, then renamed into place) or to stdout ('-')."""
     lines = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects)
     if path == "-":
-        sys.stdout.buffer.write(lines.encode("utf-8"))
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(lines.encode("utf-8"))
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. `| head`: the reader has gone, nothing left to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, p)
+    try:
+        tmp.write_text(lines, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as e:
+        raise PredictError(f"--output={path}: cannot write: {e.strerror or e}") from None
 
 
-def _setup_logging() -> None:
-    """Progress at INFO on stderr (stdout may carry the predictions); library chatter only from WARNING."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
-def run(ner: str, re: Optional[str], input: str, output: str, format: str = "auto",
+def run(ner_workdir: str, re_workdir: Optional[str], input_path: str, output_path: str, fmt: str = "auto",
         batch_size: Optional[int] = None) -> int:
-    """The CLI without flag parsing: returns the exit status (2 on bad input or workdirs)."""
+    """The CLI without flag parsing: returns the exit status (2 on bad input, workdirs or output path)."""
     try:
         if batch_size is not None and batch_size < 1:
             raise PredictError(f"--batch-size must be positive, got {batch_size}")
-        inputs = read_input(input, format)  # input errors first: they need no model
+        check_output(output_path)
+        inputs = read_input(input_path, fmt)  # input errors first: they need no model
         if not inputs:
-            log.warning("%s: no documents (empty input)", "<stdin>" if input == "-" else input)
-        objects = predict_documents(inputs, ner, re, batch_size)
-        write_jsonl(output, objects)
+            log.warning("%s: no documents (empty input)", "<stdin>" if input_path == "-" else input_path)
+        objects = predict_documents(inputs, ner_workdir, re_workdir, batch_size)
+        write_jsonl(output_path, objects)
     except (DataError, PredictError) as e:
         print(f"lai_jax.predict: error: {e}", file=sys.stderr)
         return 2
@@ -515,7 +530,8 @@ def main(argv):
     if len(argv) > 1:
         from absl import app
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _setup_logging()
+    from lai_jax.cli import setup_logging
+    setup_logging()  # progress on stderr: stdout may carry the predictions
     F = flags.FLAGS
     return run(F.ner, F.re, F.input, F.output, F.format, F["batch-size"].value)
 

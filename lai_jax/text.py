@@ -35,7 +35,7 @@ import dataclasses
 import re
 import unicodedata
 
-__all__ = ["Word", "tokenize", "split_sentences", "words_text"]
+__all__ = ["Word", "tokenize", "split_sentences"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +164,7 @@ def _starts_sentence(word: Word) -> bool:
     if c in _OPENERS:
         return True
     if c.isalpha():
-        return c.isupper() or c.istitle() or not (c.lower() != c or c.upper() != c)  # upper or caseless
+        return c.isupper() or c.istitle() or c.lower() == c.upper()  # upper case, or a script without case
     return False
 
 
@@ -217,7 +217,3 @@ def split_sentences(text: str, words: list[Word] | None = None) -> list[list[Wor
         sentences.append(current)
     return sentences
 
-
-def words_text(text: str, words: list[Word]) -> str:
-    """The source substring from the first to the last of ``words`` (for a span of a sentence)."""
-    return text[words[0].start:words[-1].end] if words else ""

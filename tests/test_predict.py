@@ -1,20 +1,20 @@
 """Prediction on raw text / PURE / SpERT input: tokenisation, windows, offsets, CLI and its errors."""
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
 import subprocess
 import sys
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config
 from lai_jax import predict
-from lai_jax.data.documents import DataError, Document, Sentence
+from lai_jax.data.documents import DataError, Document
 from lai_jax.data.features import enumerate_spans
 from lai_jax.text import split_sentences, tokenize
 
@@ -282,6 +282,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
     ok = tmp_path / "ok.txt"
     ok.write_text("Hello world.\n")
     assert predict.run(str(tmp_path / "nowhere"), None, str(ok), "-") == 2
+    assert predict.run(str(tmp_path / "nowhere"), None, str(ok), str(tmp_path)) == 2  # output is a folder
 
 
 # ------------------------------------------------------------------------------- end to end (trained)
@@ -308,9 +309,13 @@ def test_predict_text_end_to_end(workdirs, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "sub" / "out.jsonl"
-    assert predict.run(ner, re_dir, str(src), str(out), batch_size=3) == 0
+    proc = subprocess.run([sys.executable, "-m", "lai_jax.predict", f"--ner={ner}", f"--re={re_dir}", f"--input={src}",
+                           f"--output={out}", "--batch-size=3"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "split into windows" in proc.stderr and proc.stdout == ""
     objs = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert [o["line"] for o in objs] == [1, 3, 4, 6]  # one object per non-blank line
+    assert [len(t) for t in objs[0]["tokens"]] == [10, 5]
     assert [len(t) for t in objs[1]["tokens"]] == [301]
     assert [w for s in objs[1]["tokens"] for w in s] == lines[2].split()
     assert objs[3]["tokens"] == [["😀"]]
@@ -324,16 +329,15 @@ def test_predict_text_end_to_end(workdirs, tmp_path):
             assert r["head"] != r["tail"]
 
 
-def test_predict_pure_stdin_to_stdout_entities_only(workdirs):
+def test_predict_pure_stdin_to_stdout_entities_only(workdirs, monkeypatch, capsysbinary):
     ner, _ = workdirs
     docs = [{"doc_key": "d1", "sentences": [["Mary", "lives", "in", "Ulm", "."], ["She", "works", "."]],
              "ner": [[[0, 0, "Unknown"]], []]},
             {"doc_key": "d2", "sentences": [["IBM"]]}]
-    stdin = "".join(json.dumps(d) + "\n" for d in docs)
-    proc = subprocess.run([sys.executable, "-m", "lai_jax.predict", f"--ner={ner}", "--input=-", "--output=-"],
-                          cwd=REPO, input=stdin, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    objs = [json.loads(x) for x in proc.stdout.splitlines()]
+    stdin = "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    assert predict.run(ner, None, "-", "-") == 0
+    objs = [json.loads(x) for x in capsysbinary.readouterr().out.decode("utf-8").splitlines()]
     assert [o["doc_key"] for o in objs] == ["d1", "d2"]
     assert objs[0]["tokens"] == docs[0]["sentences"]
     for o in objs:

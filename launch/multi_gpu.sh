@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Single host, all local GPUs: jax.pmap splits each global batch over them (global batch =
+# per_device_batch_size x number of GPUs). Install the CUDA build of JAX first:
+#   pip install -U "jax[cuda12]"
+# Usage: bash launch/multi_gpu.sh configs/scierc.py runs/scierc [extra --config.x=y ...]
+set -euo pipefail
+CONFIG=${1:?config file, e.g. configs/scierc.py}; OUT=${2:?output folder}; shift 2
+export XLA_PYTHON_CLIENT_PREALLOCATE=false   # let NER and RE runs share a card with other jobs
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
+python -m lai_jax.main --config="$CONFIG:ner" --workdir="$OUT/ner" --config.model.dtype=bfloat16 "$@"
+python -m lai_jax.main --config="$CONFIG:re" --workdir="$OUT/re" --config.model.dtype=bfloat16 \
+  --config.re.entities_from="$OUT/ner" "$@"

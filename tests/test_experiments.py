@@ -1,0 +1,25 @@
+import json
+
+from lai_jax.experiments import collect, format_summary, parse_range, run_dir
+
+
+def test_parse_range():
+    assert parse_range("0-3") == [0, 1, 2, 3] and parse_range("1,4,6-7") == [1, 4, 6, 7]
+
+
+def test_collect_mean_std_over_finished_runs(tmp_path):
+    scores = [(0.80, 0.50, 0.40), (0.90, 0.70, 0.60)]
+    for seed, (ner, re_, rep) in enumerate(scores):
+        d = run_dir(tmp_path, 3, seed)
+        for phase, res in (("ner", {"ner": ner}), ("re", {"re": re_, "re+": rep})):
+            (d / phase).mkdir(parents=True)
+            test = {k: {"micro": {"f1": v}, "macro": {"f1": v / 2}} for k, v in res.items()}
+            (d / phase / "results.json").write_text(json.dumps({"test": test}))
+    unfinished = run_dir(tmp_path, 3, 9)
+    out = collect(tmp_path, [run_dir(tmp_path, 3, 0), run_dir(tmp_path, 3, 1), unfinished], "micro")
+    assert out["summary"]["ner"]["n"] == 2
+    assert abs(out["summary"]["ner"]["mean"] - 85.0) < 1e-9
+    assert abs(out["summary"]["re"]["std"] - 14.142135623730951) < 1e-9  # stdev(50, 70)
+    macro = collect(tmp_path, [run_dir(tmp_path, 3, 0)], "macro")
+    assert abs(macro["summary"]["re+"]["mean"] - 20.0) < 1e-9
+    assert "85.00 ± 7.07" in format_summary(out)
