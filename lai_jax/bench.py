@@ -25,9 +25,11 @@ alternate between the frameworks ``--rounds`` times (so slow drift of a shared m
 
 Memory: ``jax_compiled_*`` from the executable's ``memory_analysis()`` (arguments = state + batch,
 temporaries = activations and scratch, so argument + output - alias + temp bounds the live device
-bytes); ``*_rss_delta_mb``: highest resident set size while that framework builds its state, warms up
-and runs its steps, minus the RSS just before (after ``malloc_trim`` so memory the other framework
-freed is not silently reused), sampled every 5 ms from /proc/self/statm.
+bytes); ``*_rss_delta_mb``: highest resident set size while that framework holds its model/optimiser
+state and runs its warm-up and timed steps, minus the RSS just before it built that state, sampled
+every 5 ms from /proc/self/statm. ``malloc_trim`` runs before the baseline and after each XLA compile
+(compiles are not sampled), so memory freed by the other framework or by the compiler is not counted
+or silently reused; the JAX figure excludes the host copy of the params made for torch.
 
 Prints ONE JSON line. ``--smoke``: batch 1, C=16, K=8, a 2-layer encoder, 1 step (for tests).
 ``--breakdown`` adds per-piece times (JAX and torch: forward, forward+backward, optimiser; JAX:
@@ -111,7 +113,10 @@ class RssSampler:
         self.peak.setdefault(phase, self.base[phase])
         self.phase = phase
 
-    def resume(self, phase: str) -> None:
+    def resume(self, phase: str, trim: bool = False) -> None:
+        if trim:
+            malloc_trim()
+        self.peak[phase] = max(self.peak[phase], rss_bytes())
         self.phase = phase
 
     def pause(self) -> None:
@@ -119,23 +124,31 @@ class RssSampler:
             self.peak[self.phase] = max(self.peak[self.phase], rss_bytes())
         self.phase = None
 
-    def delta_mb(self, phase: str) -> Optional[float]:
+    def delta_mb(self, phase: str, minus: int = 0) -> Optional[float]:
         if phase not in self.base:
             return None
-        return round((self.peak[phase] - self.base[phase]) / 2**20, 1)
+        return round((self.peak[phase] - self.base[phase] - minus) / 2**20, 1)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
 
 
-def time_steps(step: Callable[[], Any], n: int) -> list[float]:
-    """Wall time of each of `n` calls of `step` (which must block until its work is done)."""
+def time_steps(step: Callable[[], Any], n: int, cpu: Optional[list] = None) -> list[float]:
+    """Wall time of each of `n` calls of `step` (which must block until its work is done).
+
+    If `cpu` is a list, the process CPU time (user + system, all threads) of each call is appended to it:
+    on a shared machine it shows the work done, which wall time mixes with waiting for a core.
+    """
     out = []
     for _ in range(n):
+        c0 = os.times()
         t0 = time.perf_counter()
         step()
         out.append(time.perf_counter() - t0)
+        if cpu is not None:
+            c1 = os.times()
+            cpu.append(c1.user + c1.system - c0.user - c0.system)
     return out
 
 
@@ -294,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result: dict[str, Any] = {
         "jax_steps_per_s": None, "torch_steps_per_s": None, "ratio": None,
         "encoder_jax_steps_per_s": None, "encoder_torch_steps_per_s": None, "encoder_ratio": None,
-        "compile_s": None,
+        "compile_s": None, "jax_cpu_s_per_step": None, "torch_cpu_s_per_step": None,
         "batch": args.batch, "T": T, "K": K, "steps": args.steps, "rounds": args.rounds, "threads": threads,
         "device": f"{device.platform}:{device.device_kind}", "jax_dtype": args.dtype,
         "prng_impl": jax.config.jax_default_prng_impl, "torch_dtype": "float32",
@@ -303,17 +316,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
 
     # ------------------------------------------------------------------ JAX: the real train step
+    # RSS is sampled while the state exists and steps run, not while XLA compiles (init_state compiles
+    # `init`); the host copy of the params (for torch) is subtracted.
     rss.start("jax")
+    rss.pause()
     runner = Runner("pmap", *bind_steps(setup.model, "ner"))
     state = train.init_state(setup, host_batch, total_steps)
-    host_params = jax.tree.map(np.asarray, state.params)  # what torch gets (before any update)
+    host_params = jax.tree.map(np.array, state.params)  # a copy (state buffers get donated): what torch gets
+    host_copy_bytes = sum(x.nbytes for x in jax.tree.leaves(host_params))
     state = runner.put_state(state)
+    rss.resume("jax", trim=True)
+    rss.pause()
     flag = np.broadcast_to(np.asarray(use_gold), (runner.n,))
     t0 = time.perf_counter()
     compiled = runner._train.lower(state, runner.shard_batch(host_batch), flag).compile()
     result["compile_s"] = round(time.perf_counter() - t0, 2)
     runner._train = compiled  # Runner.train now dispatches exactly this executable (no second compile)
     holder = {"state": state}
+    rss.resume("jax", trim=True)
 
     def jax_step() -> None:
         holder["state"], m = runner.train(holder["state"], host_batch, use_gold)
@@ -347,18 +367,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     jax_times: list[float] = []
     torch_times: list[float] = []
+    jax_cpu: list[float] = []
+    torch_cpu: list[float] = []
     for _ in range(args.rounds):
         rss.resume("jax")
-        jax_times += time_steps(jax_step, args.steps)
+        jax_times += time_steps(jax_step, args.steps, jax_cpu)
         rss.pause()
         if tmodel is not None:
             rss.resume("torch")
-            torch_times += time_steps(torch_step, args.steps)
+            torch_times += time_steps(torch_step, args.steps, torch_cpu)
             rss.pause()
     jax_s = statistics.median(jax_times)
     result["jax_steps_per_s"] = _per_s(jax_times)
+    result["jax_cpu_s_per_step"] = round(statistics.median(jax_cpu), 3)
     if torch_times:
         result["torch_steps_per_s"] = _per_s(torch_times)
+        result["torch_cpu_s_per_step"] = round(statistics.median(torch_cpu), 3)
         result["ratio"] = round(statistics.median(torch_times) / jax_s, 3)  # jax/torch in steps/s; >1: JAX faster
 
     # ---------------------------------------------------------------------- encoder fwd + bwd
@@ -411,7 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "jax_compiled_argument_mb": _mb(mem["argument"]), "jax_compiled_temp_mb": _mb(mem["temp"]),
         "jax_compiled_peak_mb": None if mem["temp"] is None else
         _mb(mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]),
-        "jax_rss_delta_mb": rss.delta_mb("jax"), "torch_rss_delta_mb": rss.delta_mb("torch"),
+        "jax_rss_delta_mb": rss.delta_mb("jax", minus=host_copy_bytes), "torch_rss_delta_mb": rss.delta_mb("torch"),
         "jax_step_gflop": None if flops is None else round(flops / 1e9, 2),
         "jax_achieved_gflop_per_s": None if flops is None else round(flops / jax_s / 1e9, 2),
         "mfu": None,
@@ -451,6 +475,7 @@ def op_category(op_name: Optional[str]) -> str:
         return "loss" if "jvp(" in op_name else "optimizer, grad psum, clipping"
     parts = re.split(r"LAINet\)+/", op_name, maxsplit=1)  # "jvp(LAINet)/..." or "transpose(jvp(LAINet))/..."
     path = parts[1] if len(parts) == 2 else ""
+    path = path[len("heads/"):] if path.startswith("heads/") else path  # models that nest the heads
     if re.search(r"Dropout|attention_dropout|_bernoulli|threefry", path):
         return "dropout (mask RNG + apply)"
     if path.startswith("encoder/embeddings"):
@@ -528,6 +553,7 @@ def breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold,
     import jax.numpy as jnp
     import numpy as np
 
+    from lai_jax import torch_reference as tr
     from lai_jax.g4cn import G4CN
     from lai_jax.models import ner_loss
     from lai_jax.steps import TrainState, make_optimizer
@@ -566,11 +592,9 @@ def breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold,
         def g_loss(p, x):
             return g4cn.apply({"params": p}, x, node_mask, deterministic=False, rngs={"dropout": rng}).sum()
 
-        out["jax_g4cn_fwd_bwd_ms"] = ms(jax.grad(g_loss, argnums=(0, 1)), params["g4cn"], nodes)
+        out["jax_g4cn_fwd_bwd_ms"] = ms(jax.grad(g_loss, argnums=(0, 1)), tr.head_params(params)["g4cn"], nodes)
     if tmodel is not None:
         import torch
-
-        from lai_jax import torch_reference as tr
 
         def t_fwd() -> None:
             with torch.no_grad():

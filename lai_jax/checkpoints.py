@@ -50,7 +50,8 @@ class Checkpoints:
     def _restore(self, manager: ocp.CheckpointManager, step: Optional[int], like: Any) -> Any:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
+                                ocp.utils.to_shape_dtype_struct(x), like)
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def restore_latest(self, like: Any) -> Any:

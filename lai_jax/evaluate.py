@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import ml_collections
 from absl import app, flags
 
@@ -35,7 +36,8 @@ def restore_run(workdir: str | Path):
     setup = train.build(config)
     sample = features.stack(train.instances_for(setup, [train.dummy_document()])[:1])
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
-    state = train.init_state(setup, sample, total_steps=1)
+    # Only shapes are needed to restore against: eval_shape skips compiling and running the init.
+    state = jax.eval_shape(lambda: train.init_state(setup, sample, total_steps=1))
     state = checkpoints.Checkpoints(Path(workdir) / "checkpoints").restore_best(state)
     return setup, runner, runner.put_state(state)
 

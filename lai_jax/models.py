@@ -42,18 +42,16 @@ def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
     return out.reshape(*idx.shape, h.shape[-1])
 
 
-class LAINet(nn.Module):
-    bert: BertConfig
+class LAIHeads(nn.Module):
+    """Everything after the encoder: candidate/pair representation, G4CN, classifier and filter."""
+    hidden: int
     head: HeadConfig
+    dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, batch: dict, deterministic: bool = True) -> dict[str, jnp.ndarray]:
-        cfg, d = self.head, self.bert.hidden_size
-        dense = lambda n, name: nn.Dense(n, name=name, dtype=self.bert.dtype)  # noqa: E731
-        mask = masks.attention_mask(batch["token_groups"].astype(jnp.int32), batch["marker_partner"],
-                                    jnp.asarray(cfg.visibility, bool), cfg.partner_only, xp=jnp)
-        h = BertEncoder(self.bert, name="encoder")(batch["input_ids"], batch["position_ids"], batch["token_type_ids"], mask,
-                         deterministic=deterministic)
+    def __call__(self, h: jnp.ndarray, batch: dict, deterministic: bool = True) -> dict[str, jnp.ndarray]:
+        cfg, d = self.head, self.hidden
+        dense = lambda n, name: nn.Dense(n, name=name, dtype=self.dtype)  # noqa: E731
         markers = [gather_tokens(h, batch["cand_marker_start"]), gather_tokens(h, batch["cand_marker_end"])]
         if cfg.phase == "ner":
             text = [gather_tokens(h, batch["cand_text_start"]), gather_tokens(h, batch["cand_text_end"])]
@@ -70,13 +68,37 @@ class LAINet(nn.Module):
             nodes = jnp.concatenate([cand, anno.astype(cand.dtype)], axis=1)
             node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones(anno.shape[:2], bool)], axis=1)
             g = G4CN(hidden=d, gcn_layers=cfg.gcn_layers, gcn_sublayers=cfg.gcn_sublayers, gcn_heads=cfg.gcn_heads,
-                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dtype=self.bert.dtype,
+                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dtype=self.dtype,
                      name="g4cn")(nodes, node_mask, deterministic=deterministic)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
         out = {"logits": dense(cfg.num_classes, "classifier")(cand).astype(jnp.float32)}
         if cfg.phase == "ner" and cfg.use_filter:
             out["filter_logits"] = dense(2, "filter")(cand).astype(jnp.float32)
         return out
+
+
+class LAINet(nn.Module):
+    """Encoder (with the instance's partial attention mask) followed by the phase's heads."""
+    bert: BertConfig
+    head: HeadConfig
+
+    def heads(self) -> LAIHeads:
+        return LAIHeads(self.bert.hidden_size, self.head, self.bert.dtype, name="heads")
+
+    @nn.compact
+    def __call__(self, batch: dict, deterministic: bool = True) -> dict[str, jnp.ndarray]:
+        mask = masks.attention_mask(batch["token_groups"].astype(jnp.int32), batch["marker_partner"],
+                                    jnp.asarray(self.head.visibility, bool), self.head.partner_only, xp=jnp)
+        h = BertEncoder(self.bert, name="encoder")(batch["input_ids"], batch["position_ids"], batch["token_type_ids"],
+                                                   mask, deterministic=deterministic)
+        return self.heads()(h, batch, deterministic)
+
+    def init_params(self, rng: jax.Array, batch: dict, encoder_params: dict) -> dict:
+        """Parameters with pretrained encoder weights; only the (small) heads are initialised and compiled."""
+        h = jnp.zeros((*batch["input_ids"].shape, self.bert.hidden_size), self.bert.dtype)
+        heads = LAIHeads(self.bert.hidden_size, self.head, self.bert.dtype, parent=None)
+        head_params = jax.jit(lambda r, h, b: heads.init(r, h, b)["params"])(rng, h, batch)
+        return {"encoder": encoder_params, "heads": head_params}
 
 
 # ---------------------------------------------------------------------------------------------- losses

@@ -286,6 +286,11 @@ def _copy_encoder(bert: nn.Module, params: Mapping[str, Any]) -> None:
         state[leaf.hf_key].copy_(_t(node, transpose=leaf.transpose))
 
 
+def head_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The head part of a `LAINet` params tree: under "heads" if the model nests its heads there, else top level."""
+    return params["heads"] if "heads" in params else params
+
+
 @torch.no_grad()
 def copy_flax_params(tmodel: TorchLAINet, params: Mapping[str, Any], include_encoder: bool = True) -> None:
     """Copy a lai-jax `LAINet` (NER) params tree (the dict under {"params": ...}) into `tmodel`.
@@ -293,6 +298,7 @@ def copy_flax_params(tmodel: TorchLAINet, params: Mapping[str, Any], include_enc
     Head parameters always; the encoder too unless `include_encoder` is False (then the BertModel keeps
     the weights it was loaded with, which equal a fresh lai-jax state's encoder).
     """
+    encoder_params, params = params.get("encoder"), head_params(params)
     _dense(tmodel.span_proj, params["span_proj"])
     _dense(tmodel.classifier, params["classifier"])
     if tmodel.head.use_filter:
@@ -308,7 +314,7 @@ def copy_flax_params(tmodel: TorchLAINet, params: Mapping[str, Any], include_enc
                 bias.copy_(_t(bp[f"bias_{l}"]))
             _dense(block.out, bp["out"])
     if include_encoder:
-        _copy_encoder(tmodel.bert, params["encoder"])
+        _copy_encoder(tmodel.bert, encoder_params)
 
 
 # --------------------------------------------------------------------------------------- optimiser

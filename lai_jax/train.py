@@ -138,9 +138,7 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) ->
     """Fresh parameters (heads random, encoder from the pretrained weights) and optimiser state."""
     rng = jax.random.PRNGKey(setup.config.seed)
     init_rng, dropout_rng = jax.random.split(rng)
-    params = jax.jit(lambda r, b: setup.model.init(r, b, deterministic=True)["params"])(init_rng, sample)
-    params = dict(params)
-    params["encoder"] = jax.tree.map(jnp.asarray, setup.encoder_params)
+    params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, setup.encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
     return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
 

@@ -1,0 +1,104 @@
+"""LAI-Net heads on a tiny random BERT: padding invariance, loss masking, ablation switches."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lai_jax import encoder as encoder_lib
+from lai_jax.data import features, masks
+from lai_jax.data.documents import Document, Entity, Relation, Sentence
+from lai_jax.data.labels import load_labels
+from lai_jax.models import HeadConfig, LAINet, ner_loss, re_loss
+from lai_jax.train import DATA_ROOT
+
+
+@pytest.fixture(scope="module")
+def env(tiny_bert):
+    enc, params, tok = encoder_lib.load(tiny_bert)
+    labels = load_labels(DATA_ROOT / "conll04" / "labels.json")
+    return enc.config, params, tok, labels
+
+
+def doc():
+    words = "John Smith , who lives in Boston , works for the Acme Corporation .".split()
+    ents = [Entity(0, 1, "Peop"), Entity(6, 6, "Loc"), Entity(11, 12, "Org")]
+    rels = [Relation((0, 1), (6, 6), "Live_In"), Relation((0, 1), (11, 12), "Work_For")]
+    return Document("d", [Sentence(words, ents, rels)])
+
+
+def model_and_batch(env, phase, slots, text_len=24, **head_kw):
+    bert, enc_params, tok, labels = env
+    f = features.Featurizer(tok, labels, features.FeatureConfig(
+        max_text_len=text_len, max_span_len=3, max_candidates=slots, max_objects=slots,
+        use_annotations=head_kw.get("use_annotations", True)))
+    insts = f.ner_instances([doc()])[0] if phase == "ner" else f.re_instances([doc()])
+    n_cls = 1 + len(labels.entity_types) if phase == "ner" else f.rel_space.num_classes
+    head = HeadConfig(phase=phase, num_classes=n_cls, gcn_layers=head_kw.pop("gcn_layers", 2), gcn_heads=2,
+                      visibility=tuple(map(tuple, masks.visibility_table("invisible").tolist())), **head_kw)
+    return LAINet(bert, head), features.stack(insts[:1]), insts[0]
+
+
+def init(model, batch, enc_params):
+    params = model.init_params(jax.random.PRNGKey(0), batch, enc_params)
+    assert jax.tree.structure(params) == jax.tree.structure(
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch)["params"]))
+    return params
+
+
+@pytest.mark.parametrize("phase", ["ner", "re"])
+def test_padding_slots_and_tokens_change_no_real_logit(env, phase):
+    small_model, small, inst = model_and_batch(env, phase, slots=40)
+    big_model, big, inst_big = model_and_batch(env, phase, slots=64)
+    assert big["input_ids"].shape[1] > small["input_ids"].shape[1]  # more padding tokens too
+    assert inst.spans == inst_big.spans
+    params = init(small_model, small, env[1])
+    k = len(inst.spans)
+    a = jax.jit(small_model.apply)({"params": params}, small)
+    b = jax.jit(big_model.apply)({"params": params}, big)
+    for key in a:
+        np.testing.assert_allclose(a[key][0, :k], b[key][0, :k], atol=1e-5)
+
+
+def test_loss_ignores_padded_slots_and_zero_weight_instances(env):
+    model, batch, inst = model_and_batch(env, "ner", slots=40)
+    params = init(model, batch, env[1])
+    out = jax.jit(model.apply)({"params": params}, batch)
+    sums, counts = ner_loss(out, batch, jnp.asarray(True))
+    k = len(inst.spans)
+    poisoned = {key: v.at[:, k:].set(1e6) for key, v in out.items()}
+    sums2, counts2 = ner_loss(poisoned, batch, jnp.asarray(True))
+    assert counts == counts2 and all(np.isclose(sums[x], sums2[x]) for x in sums)
+    assert int(counts["filter"]) == k and int(counts["span"]) == int((batch["labels"] > 0).sum())
+    padded = features.stack([inst], 3)
+    out3 = jax.jit(model.apply)({"params": params}, padded)
+    sums3, counts3 = ner_loss(out3, padded, jnp.asarray(True))
+    assert counts3 == counts and all(np.isclose(sums[x], sums3[x], rtol=1e-5) for x in sums)
+
+
+def test_filter_off_and_cold_start_switch(env):
+    model, batch, inst = model_and_batch(env, "ner", slots=40)
+    params = init(model, batch, env[1])
+    out = jax.jit(model.apply)({"params": params}, batch)
+    gold = ner_loss(out, batch, jnp.asarray(True))[1]["span"]
+    own = ner_loss(out, batch, jnp.asarray(False))[1]["span"]
+    predicted = int((np.argmax(out["filter_logits"][0, :len(inst.spans)], -1) == 1).sum())
+    assert int(gold) == int((batch["labels"] > 0).sum()) and int(own) == predicted
+    no_filter, _, _ = model_and_batch(env, "ner", slots=40, use_filter=False)
+    p2 = init(no_filter, batch, env[1])
+    out2 = jax.jit(no_filter.apply)({"params": p2}, batch)
+    assert "filter_logits" not in out2
+    assert int(ner_loss(out2, batch, jnp.asarray(True))[1]["span"]) == len(inst.spans)
+
+
+def test_ablations_run_and_gcn_zero_has_no_graph(env):
+    model, batch, _ = model_and_batch(env, "re", slots=8, gcn_layers=0)
+    params = init(model, batch, env[1])
+    assert "g4cn" not in params["heads"] and "anno_proj" not in params["heads"]
+    out = jax.jit(model.apply)({"params": params}, batch)
+    s, c = re_loss(out, batch)
+    assert np.isfinite(float(s["pair"])) and int(c["pair"]) == 2  # subject John Smith: two objects
+    model2, batch2, _ = model_and_batch(env, "ner", slots=40, use_annotations=False)
+    assert not (batch2["token_groups"] == masks.ANNO).any()
+    assert "g4cn" not in init(model2, batch2, env[1])["heads"]
