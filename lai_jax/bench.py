@@ -22,6 +22,8 @@ intra-op pool from the schedulable cores (the affinity mask) and has no thread-c
 affinity is the knob. torch gets ``torch.set_num_threads(N)`` on the same cores. Default: all
 schedulable cores. Times are medians over ``--steps`` steps after one warm-up step, in blocks that
 alternate between the frameworks ``--rounds`` times (so slow drift of a shared machine hits both).
+``*_cpu_s_per_step`` is the process CPU time (user + system, all threads) per step: on a shared
+machine it tracks the work done better than wall time (with several threads it includes spin-waiting).
 
 Memory: ``jax_compiled_*`` from the executable's ``memory_analysis()`` (arguments = state + batch,
 temporaries = activations and scratch, so argument + output - alias + temp bounds the live device
