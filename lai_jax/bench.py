@@ -465,14 +465,55 @@ def _stack_all(instances) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- profile
-_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name="([^"]*)"', re.M)
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _HEADS = ("span_proj", "anno_proj", "classifier", "filter")
+_ATTN = re.compile(r"encoder/layer_\d+/(btnh,bsnh->bnts|bnts,bsnh->btnh|reduce_max|reduce_sum|exp|sub|neg|div)")
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """Optimised-HLO instruction name -> its JAX op_name (name stack), or a tag "<dot>", "<broadcast>",
+    "<copy>" or "<other>" for instructions XLA created without metadata (judged from the fused body)."""
+    bodies: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    instrs: list[tuple[str, str]] = []
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            current = bodies.setdefault(line.split()[0].lstrip("%"), [])
+            continue
+        m = _INSTR.match(line)
+        if m:
+            instrs.append((m.group(1), m.group(2)))
+            if current is not None:
+                current.append(m.group(2))
+    names: dict[str, str] = {}
+    for name, rest in instrs:
+        op = re.search(r'op_name="([^"]*)"', rest)
+        if op:
+            names.setdefault(name, op.group(1))
+            continue
+        called = re.search(r"calls=%?([\w.\-]+)", rest)
+        body = " ".join(bodies.get(called.group(1), [])) if called else rest
+        tag = ("<dot>" if " dot(" in body or rest.split("(")[0].endswith(" dot") else
+               "<broadcast>" if "broadcast(" in body and " dot(" not in body and len(body) < 400 else
+               "<copy>" if re.search(r" (copy|transpose)\(", body) else "<other>")
+        names.setdefault(name, tag)
+    return names
 
 
 def op_category(op_name: Optional[str]) -> str:
-    """Model part of an XLA op from its JAX name stack (flax module path), e.g. `encoder.ffn_matmul`."""
-    if op_name is None:
-        return "unattributed (copies, layout)"
+    """Model part of an XLA op from its JAX name stack (flax module path), e.g. `encoder.ffn_matmul`.
+
+    A fused op counts under its root op's name: e.g. the softmax max/sum fused with the QK^T matmul counts
+    as attention, and the softmax normalisation fused into the dropout select counts as dropout.
+    """
+    if op_name is None or op_name == "<other>":
+        return "unattributed other"
+    if op_name == "<dot>":
+        return "unattributed matmul (attention QK^T/PV layouts)"
+    if op_name == "<broadcast>":
+        return "materialised constant broadcasts"
+    if op_name == "<copy>":
+        return "copies/transposes"
     if "LAINet" not in op_name:
         return "loss" if "jvp(" in op_name else "optimizer, grad psum, clipping"
     parts = re.split(r"LAINet\)+/", op_name, maxsplit=1)  # "jvp(LAINet)/..." or "transpose(jvp(LAINet))/..."
@@ -488,10 +529,12 @@ def op_category(op_name: Optional[str]) -> str:
         return "encoder.ffn_matmul"
     if "LayerNorm" in path:
         return "encoder.layernorm"
-    if re.match(r"encoder/layer_\d+/(btnh,bsnh->bnts|bnts,bsnh->btnh)", path):
-        return "encoder.attention_matmul"
+    if _ATTN.match(path):
+        return "encoder.attention (QK^T, PV, mask bias, softmax)"
+    if re.match(r"encoder/layer_\d+/erfc?$", path):
+        return "encoder.gelu"
     if path.startswith("encoder/"):
-        return "encoder.other (softmax, gelu, residual, mask bias)"
+        return "encoder.other (residual adds, reshapes)"
     if path.startswith("g4cn"):
         return "g4cn"
     if path.split("/")[0] in _HEADS:
@@ -514,9 +557,7 @@ def profile_step(step: Callable[[], Any], compiled: Any, steps: int) -> dict[str
     import jax
     from jax.profiler import ProfileData
 
-    names = {}
-    for m in _OP_NAME.finditer(compiled.as_text()):
-        names.setdefault(m.group(1), m.group(2))
+    names = hlo_op_names(compiled.as_text())
     logdir = tempfile.mkdtemp(prefix="lai_jax_profile_")
     try:
         t0 = time.perf_counter()
@@ -536,8 +577,9 @@ def profile_step(step: Callable[[], Any], compiled: Any, steps: int) -> dict[str
                             continue
                         name = names.get(op)
                         per_cat[op_category(name)] += ev.duration_ns
-                        per_dir["backward" if name and "transpose(" in name else
-                                "forward" if name and "jvp(" in name else "other"] += ev.duration_ns
+                        per_dir["backward" if name and "transpose(" in name else "forward" if name and "jvp(" in name
+                                else "unattributed" if name is None or name.startswith("<") else "optimizer/other"
+                                ] += ev.duration_ns
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     total = sum(per_cat.values())

@@ -40,17 +40,17 @@ def overfit(phase, data_dir, workdir, epochs, **overrides):
 
 
 def test_ner_overfits_with_cold_start(sixteen, tmp_path):
-    epochs, cold = 36, 12  # 4 steps an epoch: 48 cold-start steps, then 96 on the filter's own decisions
+    epochs, cold = 24, 8  # 4 steps an epoch: 32 cold-start steps, then 64 on the filter's own decisions
     result, losses = overfit("ner", sixteen, tmp_path, epochs, cold_start_epochs=cold)
     f1 = result["dev"]["ner"]["micro"]["f1"]
     print(f"NER overfit: loss {losses[0]:.4f} -> {losses[-1]:.4f} ({1 - losses[-1] / losses[0]:.1%} lower), F1 {f1:.3f}")
-    assert result["steps"] == 4 * epochs  # so the cold-start switch turned off after step 48
+    assert result["steps"] == 4 * epochs  # so the cold-start switch turned off after step 32
     assert losses[-1] <= 0.1 * losses[0]
     assert f1 >= 0.9
 
 
 def test_re_overfits_on_gold_entities(sixteen, tmp_path):
-    result, losses = overfit("re", sixteen, tmp_path, 25)
+    result, losses = overfit("re", sixteen, tmp_path, 15)
     f1 = result["dev"]["re"]["micro"]["f1"]
     print(f"RE overfit: loss {losses[0]:.4f} -> {losses[-1]:.4f} ({1 - losses[-1] / losses[0]:.1%} lower), F1 {f1:.3f}")
     assert losses[-1] <= 0.1 * losses[0]
