@@ -1,7 +1,7 @@
 """ADE, 10-fold cross-validation (SpERT split); macro F1 is the headline metric.
 
     python -m lai_jax.main --config=configs/ade.py:ner --config.data.fold=3 --workdir=runs/ade3_ner
-    python launch/cross_validate.py --dataset=ade --folds=0-9 --workdir=runs/ade_cv   # all folds, mean ± std
+    python -m lai_jax.experiments --config=configs/ade.py --folds=0-9 --seeds=0 --workdir=runs/ade_cv  # mean ± std
 
 ADE has no dev split: model selection uses `data.dev_holdout` of the training fold.
 """

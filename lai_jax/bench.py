@@ -519,8 +519,10 @@ def op_category(op_name: Optional[str]) -> str:
     parts = re.split(r"LAINet\)+/", op_name, maxsplit=1)  # "jvp(LAINet)/..." or "transpose(jvp(LAINet))/..."
     path = parts[1] if len(parts) == 2 else ""
     path = path[len("heads/"):] if path.startswith("heads/") else path  # models that nest the heads
-    if re.search(r"Dropout|attention_dropout|_bernoulli|threefry", path):
-        return "dropout (mask RNG + apply)"
+    if re.search(r"_bernoulli|_uniform|threefry|random_bits|rng_bit", path):
+        return "dropout mask RNG"
+    if re.search(r"Dropout|attention_dropout", path):
+        return "dropout apply (select; softmax normalisation fused in)"
     if path.startswith("encoder/embeddings"):
         return "encoder.embeddings"
     if re.match(r"encoder/layer_\d+/(query|key|value|attention_output)/", path):

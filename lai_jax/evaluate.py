@@ -68,7 +68,8 @@ def ensure_predictions(workdir: str | Path, split: str) -> Path:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from lai_jax.cli import setup_logging
     setup_logging()
     result = evaluate_split(FLAGS.workdir, FLAGS.split)

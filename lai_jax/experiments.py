@@ -80,7 +80,8 @@ def format_summary(result: dict) -> str:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     root = Path(FLAGS.workdir)
     folds: list[int | None] = parse_range(FLAGS.folds) if FLAGS.folds else [None]
     seeds = parse_range(FLAGS.seeds)
@@ -89,7 +90,7 @@ def main(argv):
         for f in folds:
             for s in seeds:
                 run_one(FLAGS.config, root, f, s, FLAGS.override)
-    average = FLAGS.average or ("macro" if "ade" in Path(FLAGS.config).stem else "micro")
+    average = FLAGS.average or ("macro" if Path(FLAGS.config).stem == "ade" else "micro")
     result = collect(root, runs, average)
     (root / "summary.json").write_text(json.dumps(result, indent=2))
     print(format_summary(result))
@@ -101,6 +102,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("folds", "", "Folds to run, e.g. 0-9 (ADE); empty = the config's single split.")
     flags.DEFINE_string("seeds", "0", "Seeds, e.g. 0-4 or 0,1,2.")
     flags.DEFINE_multi_string("override", [], "Extra config overrides without the --config. prefix, e.g. model.gcn_layers=3.")
-    flags.DEFINE_string("average", "", "micro or macro; default macro for ADE, micro otherwise.")
+    flags.DEFINE_enum("average", None, ["micro", "macro"], "Averaging; default macro for ADE, micro otherwise.")
     flags.DEFINE_bool("summary_only", False, "Only aggregate the runs already finished.")
     app.run(main)

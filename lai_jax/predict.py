@@ -1,7 +1,7 @@
 """Predict entities (and relations) on new text with trained NER (and RE) workdirs.
 
-    python -m lai_jax.predict --ner=runs/quick_ner --re=runs/quick_re --input=news.txt --output=pred.jsonl
-    echo "John Smith works for Acme Corp in Boston." | python -m lai_jax.predict --ner=runs/quick_ner --input=- --output=-
+    python -m lai_jax.predict --ner=runs/quick/ner --re=runs/quick/re --input=news.txt --output=pred.jsonl
+    echo "John Smith works for Acme Corp in Boston." | python -m lai_jax.predict --ner=runs/quick/ner --input=- --output=-
     python -m lai_jax.predict --ner=runs/scierc_ner --re=runs/scierc_re --input=data/scierc/test.json --output=-
 
 Input (``--format=auto`` picks by the first non-blank character of the input):

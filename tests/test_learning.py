@@ -36,7 +36,10 @@ def overfit(phase, data_dir, workdir, epochs, **overrides):
         "model.encoder_dropout": 0.0, "eval_every_epochs": 10_000, "log_every_steps": 1, **overrides})
     result = train.train_and_evaluate(c, str(workdir))
     losses = [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl") if '"loss"' in line]
-    return result, losses
+    per_epoch = len(losses) // epochs
+    # One batch's loss is noisy (batches differ in how many real candidates they hold): compare the mean
+    # loss of the first and the last epoch.
+    return result, [sum(losses[:per_epoch]) / per_epoch, sum(losses[-per_epoch:]) / per_epoch]
 
 
 def test_ner_overfits_with_cold_start(sixteen, tmp_path):
@@ -50,7 +53,7 @@ def test_ner_overfits_with_cold_start(sixteen, tmp_path):
 
 
 def test_re_overfits_on_gold_entities(sixteen, tmp_path):
-    result, losses = overfit("re", sixteen, tmp_path, 15)
+    result, losses = overfit("re", sixteen, tmp_path, 20)
     f1 = result["dev"]["re"]["micro"]["f1"]
     print(f"RE overfit: loss {losses[0]:.4f} -> {losses[-1]:.4f} ({1 - losses[-1] / losses[0]:.1%} lower), F1 {f1:.3f}")
     assert losses[-1] <= 0.1 * losses[0]
