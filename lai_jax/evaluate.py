@@ -3,7 +3,10 @@
     python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=test
 
 Writes <workdir>/predictions/<split>.jsonl (PURE JSON, what an RE run's `re.entities_from` reads) and
-<workdir>/eval_<split>.json.
+<workdir>/eval_<split>.json. Decoding settings can be changed without retraining, e.g. to pick the entity
+filter threshold on dev:
+
+    python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=dev --set=ner.filter_threshold=0.3
 """
 from __future__ import annotations
 
@@ -20,10 +23,28 @@ FLAGS = flags.FLAGS
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """A run's saved config, laid over today's defaults so workdirs written before a field existed still load."""
+    from lai_jax.config_base import base_config
+
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a lai-jax training workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+    try:
+        config = base_config(saved["dataset"], saved["phase"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a lai-jax run config ({e})") from None
+    with config.unlocked():
+        _merge(config, saved)
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
 
 
 def restore_run(workdir: str | Path):
@@ -42,11 +63,40 @@ def restore_run(workdir: str | Path):
     return setup, runner, runner.put_state(state)
 
 
-def evaluate_split(workdir: str | Path, split: str) -> dict:
-    """Score the best checkpoint on `split` (a split name of the run's dataset: train/dev/test)."""
+# Fields that change decoding only, so they may differ from training (`--set`): tune them on dev.
+DECODE_FIELDS = ("ner.filter_threshold", "ner.flat_ner", "re.threshold", "re.re_decode", "re.entities_from",
+                 "per_device_eval_batch_size")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, object]:
+    """["ner.filter_threshold=0.3", ...] -> {field: value}, typed like the default; only `DECODE_FIELDS`."""
+    from lai_jax.config_base import base_config, parse_assignment
+
+    defaults, out = base_config("scierc", "ner"), {}
+    for item in items or []:
+        if item.partition("=")[0] not in DECODE_FIELDS:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(DECODE_FIELDS)} "
+                             "(the other fields fix the trained model)")
+        try:
+            key, value = parse_assignment(defaults, item)
+        except ValueError as e:
+            raise ValueError(f"--set {e}") from None
+        out[key] = value
+    return out
+
+
+def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = None) -> dict:
+    """Score the best checkpoint on `split` (a split name of the run's dataset: train/dev/test).
+
+    `overrides` ({field: value}, fields from `DECODE_FIELDS`) change decoding; they are recorded in the
+    written ``eval_<split>.json`` and also apply to the predictions file it writes.
+    """
     from lai_jax import train
+    from lai_jax.config_base import set_fields
     setup, runner, state = restore_run(workdir)
     config = setup.config
+    if overrides:
+        set_fields(config, **overrides)
     docs = train.load_splits(config, setup.labels)
     key = {config.data.train_split: "train", config.data.dev_split or "dev": "dev", config.data.test_split: "test"}.get(split)
     if key is None:
@@ -55,7 +105,8 @@ def evaluate_split(workdir: str | Path, split: str) -> dict:
     ents = train.predicted_entities(config, key, docs[key]) if config.phase == "re" else None
     pred, result = train.evaluate_docs(runner, state, setup, docs[key], ents, split)
     train.write_predictions(Path(workdir) / "predictions" / f"{split}.jsonl", pred)
-    (Path(workdir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
+    record = {**result, "overrides": dict(overrides)} if overrides else result
+    (Path(workdir) / f"eval_{split}.json").write_text(json.dumps(record, indent=2))
     return result
 
 
@@ -72,11 +123,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from lai_jax.cli import setup_logging
     setup_logging()
-    result = evaluate_split(FLAGS.workdir, FLAGS.split)
-    print(metrics_lib.format_table(result))
+    try:
+        overrides = parse_overrides(FLAGS.set)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    from lai_jax.train import table_tasks
+    result = evaluate_split(FLAGS.workdir, FLAGS.split, overrides)
+    print(metrics_lib.format_table(result, table_tasks(load_config(FLAGS.workdir))))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).", required=True)
     flags.DEFINE_string("split", "test", "Split to score: train, dev or test (the run's split names).")
+    flags.DEFINE_multi_string("set", [], "FIELD=VALUE decoding override, repeatable, e.g. "
+                              "--set=ner.filter_threshold=0.3; FIELD one of " + ", ".join(DECODE_FIELDS) + ".")
     app.run(main)

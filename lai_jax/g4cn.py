@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from lai_jax.dropout import Dropout
+
 ALLOWED_HEADS = (1, 2, 3, 4, 6)
 MAX_GCN_LAYERS = 5
 EDGES = ("kl", "exp_neg_kl")
@@ -163,6 +165,7 @@ class G4CNBlock(nn.Module):
     sublayers: int
     heads: int
     dropout: float = 0.1
+    dropout_bits: int = 8  # see lai_jax.dropout
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -198,7 +201,7 @@ class G4CNBlock(nn.Module):
             pre = jnp.einsum("bhij,bhjw->bhiw", adj, xw) + xw + 2.0 * bias[None, :, None, :]
             g = nn.relu(pre / denom)
             cache.append(g)  # the next sub-layer sees the un-dropped output, as in GDPNet
-            outs.append(nn.Dropout(self.dropout)(g, deterministic=deterministic))
+            outs.append(Dropout(self.dropout, self.dropout_bits)(g, deterministic=deterministic))
         y = jnp.concatenate(outs, axis=-1) + x[:, None]  # [B, H, n, d], residual per head
         B, _, n, _ = y.shape
         y = jnp.transpose(y, (0, 2, 1, 3)).reshape(B, n, H * d)
@@ -223,6 +226,7 @@ class G4CN(nn.Module):
     gauss_dim: int = 1
     edge: str = "kl"
     dropout: float = 0.1
+    dropout_bits: int = 8
     sigma_eps: float = 1e-4
     dtype: Any = jnp.float32
 
@@ -280,6 +284,7 @@ class G4CN(nn.Module):
                 sublayers=self.gcn_sublayers,
                 heads=H,
                 dropout=self.dropout,
+                dropout_bits=self.dropout_bits,
                 dtype=self.dtype,
                 name=f"block_{i}",
             )(x, adj, denom, node_mask, deterministic)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Hashable, Iterable, Optional
+from typing import Hashable, Iterable, Optional, Sequence
 
 from lai_jax.data.documents import Document, Sentence
 
@@ -173,11 +173,11 @@ def score(gold: list[Document], pred: list[Document],
     return {task: _summarise(g_items, p_items) for task, (g_items, p_items) in items.items()}
 
 
-def format_table(results: dict) -> str:
-    """A compact console table: rows ner / re / re+, micro P R F1 (with counts) and macro F1, in %."""
+def format_table(results: dict, tasks: Sequence[str] = ("ner", "re", "re+")) -> str:
+    """A compact console table: a row per task in `tasks`, micro P R F1 (with counts) and macro F1, in %."""
     header = f"{'task':<5} {'P':>7} {'R':>7} {'F1':>7} {'macroF1':>8} {'tp':>7} {'pred':>7} {'gold':>7}"
     lines = [header, "-" * len(header)]
-    for task in ("ner", "re", "re+"):
+    for task in tasks:
         if task not in results:
             continue
         mi, ma = results[task]["micro"], results[task]["macro"]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lai_jax.data import masks
+from lai_jax.dropout import Dropout
 from lai_jax.encoder import BertConfig, BertEncoder
 from lai_jax.g4cn import G4CN
 
@@ -29,6 +30,7 @@ class HeadConfig:
     gauss_dim: int = 1
     edge: str = "kl"
     dropout: float = 0.1
+    dropout_bits: int = 8  # see lai_jax.dropout
     use_filter: bool = True  # NER entity filter (ablation switch)
     use_annotations: bool = True  # annotation segment; without it there is no G4CN either
     visibility: tuple = ()  # 4x4 group table from masks.visibility_table, as nested tuples
@@ -61,14 +63,14 @@ class LAIHeads(nn.Module):
                                     gather_tokens(h, batch["subj_marker_end"])], axis=-1)
             subj = jnp.broadcast_to(subj[:, None], (*markers[0].shape[:2], subj.shape[-1]))
             cand = dense(d, "pair_proj")(jnp.concatenate([subj] + markers, axis=-1))
-        cand = nn.Dropout(cfg.dropout)(cand, deterministic=deterministic)
+        cand = Dropout(cfg.dropout, cfg.dropout_bits)(cand, deterministic=deterministic)
         if cfg.use_annotations and cfg.gcn_layers > 0:
             anno = dense(d, "anno_proj")(jnp.concatenate(
                 [gather_tokens(h, batch["anno_start"]), gather_tokens(h, batch["anno_end"])], axis=-1))
             nodes = jnp.concatenate([cand, anno.astype(cand.dtype)], axis=1)
             node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones(anno.shape[:2], bool)], axis=1)
             g = G4CN(hidden=d, gcn_layers=cfg.gcn_layers, gcn_sublayers=cfg.gcn_sublayers, gcn_heads=cfg.gcn_heads,
-                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dtype=self.dtype,
+                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dropout_bits=cfg.dropout_bits, dtype=self.dtype,
                      name="g4cn")(nodes, node_mask, deterministic=deterministic)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
         out = {"logits": dense(cfg.num_classes, "classifier")(cand).astype(jnp.float32)}

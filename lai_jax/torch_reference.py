@@ -186,12 +186,17 @@ class TorchLAINet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, head: HeadConfig, num_hidden_layers: Optional[int] = None,
-                        attn_implementation: str = "eager") -> "TorchLAINet":
-        """Encoder weights from the HF directory `path` (optionally only its first layers); heads random."""
+                        attn_implementation: str = "eager", **config_overrides: Any) -> "TorchLAINet":
+        """Encoder weights from the HF directory `path` (optionally only its first layers); heads random.
+
+        `config_overrides` replace fields of the encoder's config.json (e.g. the dropout probabilities).
+        """
         import transformers
         from transformers import BertModel
 
-        kw = {} if num_hidden_layers is None else {"num_hidden_layers": num_hidden_layers}
+        kw = dict(config_overrides)
+        if num_hidden_layers is not None:
+            kw["num_hidden_layers"] = num_hidden_layers
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # truncation reports the unused layers' weights
         try:

@@ -115,10 +115,12 @@ def build(config) -> Setup:
     labels = load_labels(labels_path(config))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
     enc, enc_params, tokenizer = encoder_lib.load(config.encoder, dtype=dtype, remat=config.model.remat)
-    bert = enc.config
+    bert = dataclasses.replace(enc.config, dropout_bits=config.model.dropout_bits)
     if config.model.encoder_dropout >= 0:
         bert = dataclasses.replace(bert, hidden_dropout_prob=config.model.encoder_dropout,
                                    attention_probs_dropout_prob=config.model.encoder_dropout)
+    if config.model.attention_dropout >= 0:
+        bert = dataclasses.replace(bert, attention_probs_dropout_prob=config.model.attention_dropout)
     featurizer = features.Featurizer(tokenizer, labels, feature_config(config))
     if config.phase == "ner":
         num_classes = 1 + len(labels.entity_types)
@@ -128,6 +130,7 @@ def build(config) -> Setup:
     head = HeadConfig(phase=config.phase, num_classes=num_classes, gcn_layers=config.model.gcn_layers,
                       gcn_sublayers=config.model.gcn_sublayers, gcn_heads=config.model.gcn_heads,
                       gauss_dim=config.model.gauss_dim, edge=config.model.edge, dropout=config.model.dropout,
+                      dropout_bits=config.model.dropout_bits,
                       use_filter=config.model.use_filter, use_annotations=config.use_annotations,
                       visibility=tuple(map(tuple, table.tolist())),
                       partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility)
@@ -180,7 +183,7 @@ def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Inst
             found = decoding.decode_ner(spans, np.concatenate(fp), np.concatenate(tp), setup.labels.entity_types,
                                         flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
                                         use_filter=c.model.use_filter)
-            pred[d].sentences[s].entities = [Entity(a, b, t) for a, b, t, _ in found]
+            pred[d].sentences[s].entities = [Entity(a, b, t, float(p)) for a, b, t, p in found]
         return pred
     pair_probs: dict[tuple[int, int], dict] = {}
     for d, doc in enumerate(docs):
@@ -198,7 +201,7 @@ def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Inst
         sent = pred[d].sentences[s]
         triples = decoding.decode_relations([e.span for e in sent.entities], table, setup.featurizer.rel_space,
                                             rule=c.re.re_decode, threshold=c.re.threshold)
-        sent.relations = [Relation(tuple(h), tuple(t), r) for h, t, r, _ in triples]
+        sent.relations = [Relation(tuple(h), tuple(t), r, float(p)) for h, t, r, p in triples]
     return pred
 
 
@@ -328,7 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev")
                 f1 = headline_f1(setup, dev_result)
                 writer.write_scalars(step, flat_metrics(dev_result, "dev"))
-                tqdm.write(f"step {step} (epoch {epoch}) dev: " + metrics_lib.format_table(dev_result).replace("\n", "\n  "))
+                table = metrics_lib.format_table(dev_result, table_tasks(config))
+                tqdm.write(f"step {step} (epoch {epoch}) dev: " + table.replace("\n", "\n  "))
                 ckpt.save(step, host_state, f1)
                 best_f1 = max(best_f1, f1)
             if config.debug_kill_after_step and step == config.debug_kill_after_step:
@@ -347,10 +351,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split)
         write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred)
         results[split] = result
-        print(f"[{config.phase}] {split} (best step {results['best_step']}):\n" + metrics_lib.format_table(result))
+        table = metrics_lib.format_table(result, table_tasks(config))
+        print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")
     results["compiles"] = dict(runner.compiles)
     (workdir_p / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def table_tasks(config) -> tuple[str, ...]:
+    """Console rows for a phase: a NER run predicts no relations, so its RE rows would only show zeros."""
+    return ("ner",) if config.phase == "ner" else ("ner", "re", "re+")
 
 
 def flat_metrics(result: dict, prefix: str) -> dict[str, float]:

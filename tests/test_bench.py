@@ -123,7 +123,7 @@ def test_kl_matrix_port_matches():
 
 def test_bench_smoke():
     proc = subprocess.run([sys.executable, "-m", "lai_jax.bench", "--smoke"], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, cwd=bench.REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     assert len(lines) == 1, proc.stdout

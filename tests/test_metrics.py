@@ -188,3 +188,5 @@ def test_format_table():
     assert lines[2].split()[0] == "ner" and lines[4].split()[0] == "re+"
     # ner: P R F1 = 62.50, macro F1 = 31/60 = 51.67
     assert lines[2].split()[1:5] == ["62.50", "62.50", "62.50", "51.67"]
+    ner_only = format_table(score(gold_docs(), pred_docs(), SYM), tasks=("ner",)).splitlines()
+    assert ner_only == lines[:3]

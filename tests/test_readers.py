@@ -70,6 +70,20 @@ def test_pure_round_trip_doc_level_to_sentence_level(tmp_path):
     assert document_from_pure(docs[0].to_pure()) == docs[0]
 
 
+def test_pure_scores_ride_alongside_and_do_not_affect_equality(tmp_path):
+    doc = Document("d", [Sentence(["a", "b"], [Entity(0, 0, "PER", 0.912345), Entity(1, 1, "ORG")],
+                                  [Relation((0, 0), (1, 1), "WORK", 0.5)]),
+                         Sentence(["c"], [Entity(0, 0, "PER", 0.25)])])
+    out = doc.to_pure()
+    assert out["ner"] == [[[0, 0, "PER"], [1, 1, "ORG"]], [[2, 2, "PER"]]]
+    assert out["ner_scores"] == [[0.9123, None], [0.25]]
+    assert out["relation_scores"] == [[0.5], []]
+    assert Entity(0, 0, "PER", 0.1) == Entity(0, 0, "PER") and len({Entity(0, 0, "PER", 0.1), Entity(0, 0, "PER")}) == 1
+    back = document_from_pure(json.loads(json.dumps(out)), LABELS)
+    assert back == doc  # the reader ignores the score lists; spans and types survive
+    assert "ner_scores" not in back.to_pure()
+
+
 def test_pure_multiword_entities_and_blank_lines(tmp_path):
     doc = {"doc_key": 5, "sentences": [["a", "b"], ["c", "d", "e", "f"]],
            "ner": [[], [[3, 5, "ORG"], [2, 2, "PER"]]], "relations": [[], [[3, 5, 2, 2, "WORK"]]]}

@@ -73,6 +73,31 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
     assert "ner" in out.stdout and (tmp_path / "a" / "eval_test.json").exists()
     result = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert result["ner"]["micro"]["n_gold"] > 0
+    assert "re+" not in out.stdout  # a NER run's table has no relation rows
+    # A decoding override, as when tuning the filter threshold on dev: no probability exceeds 1.01.
+    out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=dev",
+               "--set=ner.filter_threshold=1.01"])
+    result = json.loads((tmp_path / "a" / "eval_dev.json").read_text())
+    assert result["overrides"] == {"ner.filter_threshold": 1.01}
+    assert result["ner"]["micro"]["n_pred"] == 0 and result["ner"]["micro"]["n_gold"] > 0
+    bad = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--set=model.dtype=bfloat16"], check=False)
+    assert bad.returncode != 0 and "ner.filter_threshold" in bad.stderr
+
+
+def test_saved_config_missing_newer_fields_still_loads(tmp_path):
+    from lai_jax.config_base import base_config
+    from lai_jax.evaluate import load_config
+    saved = base_config("conll04", "ner").to_dict()
+    saved["max_text_len"] = 77
+    saved["re"]["entities_from"] = "somewhere"
+    del saved["model"]["dropout_bits"]  # as in a workdir written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = load_config(tmp_path)
+    assert config.model.dropout_bits == base_config("conll04", "ner").model.dropout_bits
+    assert config.max_text_len == 77 and config.re.entities_from == "somewhere"
+    (tmp_path / "config.json").write_text(json.dumps({"foo": 1}))
+    with pytest.raises(ValueError, match="not a lai-jax run config"):
+        load_config(tmp_path)
 
 
 def test_unknown_config_field_is_an_error(tmp_path):
@@ -99,3 +124,20 @@ def test_configs_load_for_every_dataset_and_phase():
             assert c.phase == phase and c.max_candidates > 0
     with pytest.raises(ValueError, match="phase"):
         importlib.import_module("configs.scierc").get_config("xx")
+
+
+def test_parse_assignment_types_and_errors():
+    from lai_jax.config_base import base_config, parse_assignment
+    from lai_jax.evaluate import parse_overrides
+    c = base_config("scierc", "ner")
+    assert parse_assignment(c, "model.dropout_bits=32") == ("model.dropout_bits", 32)
+    assert parse_assignment(c, "model.attention_dropout=0") == ("model.attention_dropout", 0.0)
+    assert parse_assignment(c, "ner.flat_ner=false") == ("ner.flat_ner", False)
+    for bad, match in [("model.nope=1", "config field"), ("model=3", "ConfigDict"), ("model.dropout_bits=x", "not a int"),
+                       ("ner.flat_ner=maybe", "not a bool"), ("seed", "FIELD=VALUE")]:
+        with pytest.raises(ValueError, match=match):
+            parse_assignment(c, bad)
+    assert parse_overrides(["re.re_decode=sum", "ner.filter_threshold=0.25"]) == {"re.re_decode": "sum",
+                                                                                  "ner.filter_threshold": 0.25}
+    with pytest.raises(ValueError, match="fix the trained model"):
+        parse_overrides(["model.gcn_layers=1"])
