@@ -6,6 +6,7 @@ Writes <workdir>/predictions/<split>.jsonl (PURE JSON, what an RE run's `re.enti
 <workdir>/eval_<split>.json. Decoding settings can be changed without retraining, e.g. to pick the entity
 filter threshold on dev:
 
+    python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=dev --sweep=ner.filter_threshold=0.1,0.2,0.3,0.5
     python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=dev --set=ner.filter_threshold=0.3
 """
 from __future__ import annotations
@@ -85,12 +86,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = None) -> dict:
-    """Score the best checkpoint on `split` (a split name of the run's dataset: train/dev/test).
-
-    `overrides` ({field: value}, fields from `DECODE_FIELDS`) change decoding; they are recorded in the
-    written ``eval_<split>.json`` and also apply to the predictions file it writes.
-    """
+def _restore_split(workdir: str | Path, split: str, overrides: dict | None):
+    """(setup, runner, state, gold docs, given entities or None) for scoring `split` of a run."""
     from lai_jax import train
     from lai_jax.config_base import set_fields
     setup, runner, state = restore_run(workdir)
@@ -103,11 +100,66 @@ def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = Non
         raise ValueError(f"unknown split {split!r}; this run has {config.data.train_split}/"
                          f"{config.data.dev_split or 'dev'}/{config.data.test_split}")
     ents = train.predicted_entities(config, key, docs[key]) if config.phase == "re" else None
-    pred, result = train.evaluate_docs(runner, state, setup, docs[key], ents, split)
+    return setup, runner, state, docs[key], ents
+
+
+def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = None) -> dict:
+    """Score the best checkpoint on `split` (a split name of the run's dataset: train/dev/test).
+
+    `overrides` ({field: value}, fields from `DECODE_FIELDS`) change decoding; they are recorded in the
+    written ``eval_<split>.json`` and also apply to the predictions file it writes.
+    """
+    from lai_jax import train
+    setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
+    pred, result = train.evaluate_docs(runner, state, setup, docs, ents, split)
     train.write_predictions(Path(workdir) / "predictions" / f"{split}.jsonl", pred)
     record = {**result, "overrides": dict(overrides)} if overrides else result
     (Path(workdir) / f"eval_{split}.json").write_text(json.dumps(record, indent=2))
     return result
+
+
+# Fields whose values can be compared from one forward pass (`--sweep`).
+SWEEP_FIELDS = ("ner.filter_threshold", "ner.flat_ner", "re.threshold", "re.re_decode")
+
+
+def parse_sweep(item: str) -> tuple[str, list]:
+    """"ner.filter_threshold=0.2,0.3" -> ("ner.filter_threshold", [0.2, 0.3]), typed like the default."""
+    field, sep, values = item.partition("=")
+    if not sep or field not in SWEEP_FIELDS or not values:
+        raise ValueError(f"--sweep {item!r}: expected FIELD=V1,V2,... with FIELD one of {', '.join(SWEEP_FIELDS)}")
+    return field, [parse_overrides([f"{field}={v}"])[field] for v in values.split(",")]
+
+
+def sweep_split(workdir: str | Path, split: str, field: str, values: list, overrides: dict | None = None
+                ) -> list[dict]:
+    """Scores of `split` for each value of a decoding `field`, from a single forward pass of the best checkpoint.
+
+    Writes ``eval_<split>_sweep.json`` (a list of {"value", "result"}); predictions files are not touched.
+    """
+    from lai_jax import train
+    from lai_jax.config_base import set_fields
+    setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
+    instances = train.instances_for(setup, docs, ents)
+    probs = train.run_eval(runner, state, setup, instances, split)
+    sym = dict(zip(setup.labels.relation_types, setup.labels.symmetric))
+    out = []
+    for value in values:
+        set_fields(setup.config, **{field: value})
+        pred = train.decode(setup, docs, instances, probs, ents)
+        out.append({"value": value, "result": metrics_lib.score(docs, pred, sym)})
+    record = {"field": field, "overrides": dict(overrides or {}), "runs": out}
+    (Path(workdir) / f"eval_{split}_sweep.json").write_text(json.dumps(record, indent=2))
+    return out
+
+
+def format_sweep(field: str, runs: list[dict], tasks) -> str:
+    """One row per value: micro P / R / F1 (%) of each task."""
+    head = f"{field:<22}" + "".join(f"{t + ' P':>9}{t + ' R':>9}{t + ' F1':>9}" for t in tasks)
+    rows = [head, "-" * len(head)]
+    for run in runs:
+        cells = "".join(f"{100 * run['result'][t]['micro'][k]:9.2f}" for t in tasks for k in ("p", "r", "f1"))
+        rows.append(f"{str(run['value']):<22}{cells}")
+    return "\n".join(rows)
 
 
 def ensure_predictions(workdir: str | Path, split: str) -> Path:
@@ -128,8 +180,16 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e))
     from lai_jax.train import table_tasks
+    tasks = table_tasks(load_config(FLAGS.workdir))
+    if FLAGS.sweep:
+        try:
+            field, values = parse_sweep(FLAGS.sweep)
+        except ValueError as e:
+            raise app.UsageError(str(e))
+        print(format_sweep(field, sweep_split(FLAGS.workdir, FLAGS.split, field, values, overrides), tasks))
+        return
     result = evaluate_split(FLAGS.workdir, FLAGS.split, overrides)
-    print(metrics_lib.format_table(result, table_tasks(load_config(FLAGS.workdir))))
+    print(metrics_lib.format_table(result, tasks))
 
 
 if __name__ == "__main__":
@@ -137,4 +197,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("split", "test", "Split to score: train, dev or test (the run's split names).")
     flags.DEFINE_multi_string("set", [], "FIELD=VALUE decoding override, repeatable, e.g. "
                               "--set=ner.filter_threshold=0.3; FIELD one of " + ", ".join(DECODE_FIELDS) + ".")
+    flags.DEFINE_string("sweep", None, "FIELD=V1,V2,...: score each value from one forward pass, print a table and "
+                        "write eval_<split>_sweep.json (predictions untouched), e.g. "
+                        "--sweep=ner.filter_threshold=0.1,0.2,0.3,0.5; FIELD one of " + ", ".join(SWEEP_FIELDS) + ".")
     app.run(main)

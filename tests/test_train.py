@@ -74,6 +74,15 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
     result = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert result["ner"]["micro"]["n_gold"] > 0
     assert "re+" not in out.stdout  # a NER run's table has no relation rows
+    # A sweep decodes several thresholds from one forward pass; at the run's own threshold it equals evaluate.
+    from lai_jax.evaluate import load_config
+    own = load_config(tmp_path / "a").ner.filter_threshold
+    out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=test",
+               f"--sweep=ner.filter_threshold={own},1.01"])
+    sweep = json.loads((tmp_path / "a" / "eval_test_sweep.json").read_text())
+    assert [r["value"] for r in sweep["runs"]] == [own, 1.01] and "ner.filter_threshold" in out.stdout
+    assert sweep["runs"][0]["result"] == result
+    assert sweep["runs"][1]["result"]["ner"]["micro"]["n_pred"] == 0
     # A decoding override, as when tuning the filter threshold on dev: no probability exceeds 1.01.
     out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=dev",
                "--set=ner.filter_threshold=1.01"])
