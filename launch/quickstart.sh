@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install.sh
 # glibc would hand XLA's per-step activation buffers back to the OS and page-fault them in again on every
-# step (a quarter of a CPU training step in lai_jax.bench); keep freed memory in one heap instead.
+# step (a quarter of a training step's CPU time in lai_jax.bench); keep freed memory in one heap instead.
 export MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776
 OUT=${1:-runs/quick}
 python3 -m lai_jax.main --config=configs/quick.py:ner --workdir="$OUT/ner"
