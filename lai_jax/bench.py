@@ -222,9 +222,10 @@ def make_setup(encoder: str = "default", max_text_len: Optional[int] = None, max
         config.max_candidates = max_candidates
     for item in overrides:
         try:
-            set_fields(config, **dict([parse_assignment(config, item)]))
+            key, value = parse_assignment(config, item)
         except ValueError as e:
             raise SystemExit(f"--set {e}") from None
+        set_fields(config, **{key: value})
     setup = train.build(config)
     if layers and layers < setup.model.bert.num_hidden_layers:
         bert = dataclasses.replace(setup.model.bert, num_hidden_layers=layers)

@@ -38,7 +38,7 @@ def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...], bits: int = 8
         # uint32[w] -> uintB[w, 32/B]: each word's bytes (or halves) are independent uniform draws.
         words = lax.bitcast_convert_type(words, _UINT[bits])
     draws = words.reshape(-1)[:n].reshape(shape)
-    threshold = round(rate * 2**bits)
+    threshold = round(rounded_rate(rate, bits) * 2**bits)  # exact: the rounded rate is a multiple of 2**-bits
     return draws >= jnp.asarray(threshold, _UINT[bits])
 
 

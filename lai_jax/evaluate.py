@@ -141,12 +141,11 @@ def sweep_split(workdir: str | Path, split: str, field: str, values: list, overr
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
     instances = train.instances_for(setup, docs, ents)
     probs = train.run_eval(runner, state, setup, instances, split)
-    sym = dict(zip(setup.labels.relation_types, setup.labels.symmetric))
     out = []
     for value in values:
         set_fields(setup.config, **{field: value})
         pred = train.decode(setup, docs, instances, probs, ents)
-        out.append({"value": value, "result": metrics_lib.score(docs, pred, sym)})
+        out.append({"value": value, "result": train.score_docs(setup, docs, pred)})
     record = {"field": field, "overrides": dict(overrides or {}), "runs": out}
     (Path(workdir) / f"eval_{split}_sweep.json").write_text(json.dumps(record, indent=2))
     return out

@@ -70,8 +70,8 @@ class LAIHeads(nn.Module):
             nodes = jnp.concatenate([cand, anno.astype(cand.dtype)], axis=1)
             node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones(anno.shape[:2], bool)], axis=1)
             g = G4CN(hidden=d, gcn_layers=cfg.gcn_layers, gcn_sublayers=cfg.gcn_sublayers, gcn_heads=cfg.gcn_heads,
-                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dropout_bits=cfg.dropout_bits, dtype=self.dtype,
-                     name="g4cn")(nodes, node_mask, deterministic=deterministic)
+                     gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dropout_bits=cfg.dropout_bits,
+                     dtype=self.dtype, name="g4cn")(nodes, node_mask, deterministic=deterministic)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
         out = {"logits": dense(cfg.num_classes, "classifier")(cand).astype(jnp.float32)}
         if cfg.phase == "ner" and cfg.use_filter:

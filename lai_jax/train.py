@@ -115,12 +115,13 @@ def build(config) -> Setup:
     labels = load_labels(labels_path(config))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
     enc, enc_params, tokenizer = encoder_lib.load(config.encoder, dtype=dtype, remat=config.model.remat)
-    bert = dataclasses.replace(enc.config, dropout_bits=config.model.dropout_bits)
+    changes: dict[str, Any] = {"dropout_bits": config.model.dropout_bits}
     if config.model.encoder_dropout >= 0:
-        bert = dataclasses.replace(bert, hidden_dropout_prob=config.model.encoder_dropout,
-                                   attention_probs_dropout_prob=config.model.encoder_dropout)
+        changes.update(hidden_dropout_prob=config.model.encoder_dropout,
+                       attention_probs_dropout_prob=config.model.encoder_dropout)
     if config.model.attention_dropout >= 0:
-        bert = dataclasses.replace(bert, attention_probs_dropout_prob=config.model.attention_dropout)
+        changes["attention_probs_dropout_prob"] = config.model.attention_dropout
+    bert = dataclasses.replace(enc.config, **changes)
     featurizer = features.Featurizer(tokenizer, labels, feature_config(config))
     if config.phase == "ner":
         num_classes = 1 + len(labels.entity_types)
@@ -210,8 +211,12 @@ def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], ent
     instances = instances_for(setup, docs, entities)
     probs = run_eval(runner, state, setup, instances, desc)
     pred = decode(setup, docs, instances, probs, entities)
-    sym = dict(zip(setup.labels.relation_types, setup.labels.symmetric))
-    return pred, metrics_lib.score(docs, pred, sym)
+    return pred, score_docs(setup, docs, pred)
+
+
+def score_docs(setup: Setup, gold: list[Document], pred: list[Document]) -> dict:
+    """`metrics.score` with the label set's symmetric relations."""
+    return metrics_lib.score(gold, pred, dict(zip(setup.labels.relation_types, setup.labels.symmetric)))
 
 
 def headline_f1(setup: Setup, result: dict) -> float:
