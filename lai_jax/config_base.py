@@ -83,6 +83,15 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.dropout_bits = 8
     # NER entity filter (ablation: False classifies every candidate directly).
     c.model.use_filter = True
+    # Start the G4CN's last output projection at zero, so the graph begins as a no-op and is learned from
+    # there (False: random init, which adds a random projection of every node to the candidates).
+    c.model.gcn_zero_init = True
+    # In training after cold start, spans whose filter probability reaches this value reach the classifier.
+    c.model.filter_gate_threshold = 0.5
+    # The classifier also trains on gold spans the filter misses (teacher forcing; False = the paper's gate).
+    c.model.classifier_keeps_gold = False
+    # Weight of the entity class in the filter loss (1 = the paper's plain mean over candidates).
+    c.model.filter_pos_weight = 1.0
     # Compute dtype: float32 | bfloat16 (parameters stay float32).
     c.model.dtype = "float32"
     # Rematerialise each encoder layer (saves activation memory on long inputs).

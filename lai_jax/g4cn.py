@@ -166,6 +166,7 @@ class G4CNBlock(nn.Module):
     heads: int
     dropout: float = 0.1
     dropout_bits: int = 8  # see lai_jax.dropout
+    zero_init_out: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -205,7 +206,8 @@ class G4CNBlock(nn.Module):
         y = jnp.concatenate(outs, axis=-1) + x[:, None]  # [B, H, n, d], residual per head
         B, _, n, _ = y.shape
         y = jnp.transpose(y, (0, 2, 1, 3)).reshape(B, n, H * d)
-        y = nn.Dense(d, dtype=self.dtype, name="out")(y)
+        out_init = nn.initializers.zeros if self.zero_init_out else nn.initializers.lecun_normal()
+        y = nn.Dense(d, dtype=self.dtype, kernel_init=out_init, name="out")(y)
         return jnp.where(node_mask[..., None], y, jnp.zeros((), y.dtype))
 
 
@@ -228,6 +230,10 @@ class G4CN(nn.Module):
     dropout: float = 0.1
     dropout_bits: int = 8
     sigma_eps: float = 1e-4
+    # Zero-initialise the last block's output projection: the graph then starts as a no-op (the caller's
+    # 1/2 [H + G4CN(H)] is H/2, the no-graph model up to scale) instead of adding a random projection of
+    # the nodes to every candidate, and its contribution is learned from there.
+    zero_init_out: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -285,6 +291,7 @@ class G4CN(nn.Module):
                 heads=H,
                 dropout=self.dropout,
                 dropout_bits=self.dropout_bits,
+                zero_init_out=self.zero_init_out and i == self.gcn_layers - 1,
                 dtype=self.dtype,
                 name=f"block_{i}",
             )(x, adj, denom, node_mask, deterministic)

@@ -35,6 +35,10 @@ class HeadConfig:
     use_annotations: bool = True  # annotation segment; without it there is no G4CN either
     visibility: tuple = ()  # 4x4 group table from masks.visibility_table, as nested tuples
     partner_only: bool = False  # PL-Marker rule: a marker sees only itself and its partner among markers
+    gcn_zero_init: bool = True  # G4CN's last projection starts at 0, so H~ = H/2 at init (see LAIHeads)
+    filter_gate_threshold: float = 0.5  # filter probability above which a span reaches the classifier in training
+    classifier_keeps_gold: bool = False  # the classifier also trains on gold spans the filter misses
+    filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
 
 
 def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
@@ -71,7 +75,7 @@ class LAIHeads(nn.Module):
             node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones(anno.shape[:2], bool)], axis=1)
             g = G4CN(hidden=d, gcn_layers=cfg.gcn_layers, gcn_sublayers=cfg.gcn_sublayers, gcn_heads=cfg.gcn_heads,
                      gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dropout_bits=cfg.dropout_bits,
-                     dtype=self.dtype, name="g4cn")(nodes, node_mask, deterministic=deterministic)
+                     zero_init_out=cfg.gcn_zero_init, dtype=self.dtype, name="g4cn")(nodes, node_mask, deterministic=deterministic)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
         out = {"logits": dense(cfg.num_classes, "classifier")(cand).astype(jnp.float32)}
         if cfg.phase == "ner" and cfg.use_filter:
@@ -109,20 +113,28 @@ def _xent(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
 
 
-def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray) -> tuple[dict, dict]:
+def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray, head: Optional[HeadConfig] = None
+             ) -> tuple[dict, dict]:
     """L_ner = L_filter + L_span as (sums, counts) over real candidates (SPEC §7).
 
     The span classifier sees the spans the filter keeps: the gold entities while `use_gold_filter`
-    (cold start), afterwards the filter's own stop-gradient decision.
+    (cold start), afterwards the filter's own stop-gradient decision at `head.filter_gate_threshold`
+    (plus the gold spans when `head.classifier_keeps_gold`). `head.filter_pos_weight` weighs the
+    entity class in L_filter; the count is then the weighted count, so the term stays a weighted mean.
     """
+    head = head or HeadConfig("ner", 2)
     real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
     labels = batch["labels"]
     is_entity = labels > 0
     sums, counts = {}, {}
     if "filter_logits" in out:
-        sums["filter"] = jnp.sum(_xent(out["filter_logits"], is_entity.astype(jnp.int32)) * real)
-        counts["filter"] = jnp.sum(real)
-        predicted = jax.lax.stop_gradient(jnp.argmax(out["filter_logits"], -1) == 1)
+        w = real * jnp.where(is_entity, head.filter_pos_weight, 1.0)
+        sums["filter"] = jnp.sum(_xent(out["filter_logits"], is_entity.astype(jnp.int32)) * w)
+        counts["filter"] = jnp.sum(w)
+        p_entity = jax.nn.softmax(out["filter_logits"], axis=-1)[..., 1]
+        predicted = jax.lax.stop_gradient(p_entity >= head.filter_gate_threshold)
+        if head.classifier_keeps_gold:
+            predicted = predicted | is_entity
         keep = real & jnp.where(use_gold_filter, is_entity, predicted)
     else:
         keep = real
@@ -131,9 +143,10 @@ def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray) -> tuple[dict
     return sums, counts
 
 
-def re_loss(out: dict, batch: dict, use_gold_filter: Optional[jnp.ndarray] = None) -> tuple[dict, dict]:
+def re_loss(out: dict, batch: dict, use_gold_filter: Optional[jnp.ndarray] = None,
+            head: Optional[HeadConfig] = None) -> tuple[dict, dict]:
     """Cross-entropy over real object slots (relation types + inverses + none)."""
-    del use_gold_filter
+    del use_gold_filter, head
     real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
     return {"pair": jnp.sum(_xent(out["logits"], batch["labels"]) * real)}, {"pair": jnp.sum(real)}
 

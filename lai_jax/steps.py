@@ -64,7 +64,7 @@ def train_step(state: TrainState, batch: dict, use_gold_filter: jax.Array, *, mo
 
     def objective(params):
         out = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
-        sums, counts = loss_fn(out, batch, use_gold_filter)
+        sums, counts = loss_fn(out, batch, use_gold_filter, model.head)
         global_counts = jax.lax.psum(counts, AXIS)
         terms = {k: sums[k] / jnp.maximum(global_counts[k], 1) for k in sums}
         return sum(terms.values()), terms

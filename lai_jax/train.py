@@ -134,7 +134,11 @@ def build(config) -> Setup:
                       dropout_bits=config.model.dropout_bits,
                       use_filter=config.model.use_filter, use_annotations=config.use_annotations,
                       visibility=tuple(map(tuple, table.tolist())),
-                      partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility)
+                      partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility,
+                      gcn_zero_init=config.model.gcn_zero_init,
+                      filter_gate_threshold=config.model.filter_gate_threshold,
+                      classifier_keeps_gold=config.model.classifier_keeps_gold,
+                      filter_pos_weight=config.model.filter_pos_weight)
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 
