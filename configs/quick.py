@@ -21,7 +21,7 @@ def get_config(phase: str = "ner"):
     c.max_candidates = 64
     c.max_objects = 8
     c.model.gcn_layers = 1
-    c.per_device_batch_size = 8 if phase == "ner" else 16
+    c.batch_size = 8 if phase == "ner" else 16
     c.per_device_eval_batch_size = 32
     c.num_epochs = 5
     c.cold_start_epochs = 2 if phase == "ner" else 0

@@ -436,6 +436,10 @@ _HUB_PATTERNS = [
 ]
 
 
+class EncoderNotFoundError(FileNotFoundError):
+    """A Hub model name that is neither cached locally nor downloadable (typically: offline)."""
+
+
 def resolve_encoder_path(path_or_name: str | None) -> str:
     """None / "" / "default" -> the packaged model; a directory -> itself; else a Hub model name.
 
@@ -462,11 +466,12 @@ def resolve_encoder_path(path_or_name: str | None) -> str:
             )
     except Exception as e:  # hub errors have many types (offline, 404, connection, auth)
         cause = (str(e).strip().splitlines() or [""])[0]
-        raise FileNotFoundError(
-            f"could not get encoder {path_or_name!r} from the Hugging Face Hub or its local cache; "
-            "when offline, pass a local directory with config.json, model.safetensors (or "
-            f"pytorch_model.bin) and vocab.txt [{type(e).__name__}: {cause}]"
-        ) from e
+        raise EncoderNotFoundError(
+            f"encoder {path_or_name!r} is neither in the local Hugging Face cache nor reachable on the Hub "
+            f"[{type(e).__name__}: {cause}]. Pass a local directory with config.json, model.safetensors (or "
+            "pytorch_model.bin) and vocab.txt as --config.encoder=/path/to/hf_dir, or "
+            "--config.encoder=default for the packaged MiniLM-L6"
+        ) from None
     return path
 
 

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -32,7 +33,7 @@ from ml_collections import config_flags
 from lai_jax import train
 from lai_jax.data import features, masks
 from lai_jax.data.labels import LabelSet, load_labels
-from lai_jax.encoder import load_tokenizer, resolve_encoder_path
+from lai_jax.encoder import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
 
 SPLITS = ("train", "dev", "test")
 
@@ -77,7 +78,15 @@ def _canonical_split(config, split: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(encoder: str):
-    return load_tokenizer(resolve_encoder_path(encoder))
+    """The encoder's tokenizer; offline without the named model, the packaged one's (with a warning)."""
+    try:
+        path = resolve_encoder_path(encoder)
+    except EncoderNotFoundError as e:
+        logging.getLogger("lai_jax").warning(
+            "warning: %s. Showing the packaged MiniLM-L6 tokenizer (BERT uncased vocabulary) instead: wordpieces, "
+            "ids and lengths can differ from what training with %r sees.", e, encoder)
+        path = resolve_encoder_path("default")
+    return load_tokenizer(path)
 
 
 def make_featurizer(config) -> tuple[features.Featurizer, LabelSet]:

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from lai_jax import train
 from lai_jax.cli import setup_logging
+from lai_jax.encoder import EncoderNotFoundError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file and phase, e.g. configs/scierc.py:ner.", lock_config=True)
@@ -32,6 +33,8 @@ def main(argv):
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.NonFiniteLoss as e:  # the message names the step; checkpoints up to the last good one stay
+        raise SystemExit(f"error: {e}")
+    except EncoderNotFoundError as e:  # the message says how to pass a local folder or the packaged encoder
         raise SystemExit(f"error: {e}")
 
 

@@ -52,24 +52,47 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
 
 
 def train_step(state: TrainState, batch: dict, use_gold_filter: jax.Array, *, model: nn.Module,
-               phase: str) -> tuple[TrainState, dict]:
+               phase: str, accum_steps: int = 1) -> tuple[TrainState, dict]:
     """One optimisation step on this device's shard of the global batch.
 
     Each loss term is a sum over real candidates divided by the *global* count (psum over devices),
     and gradients are summed over devices: the result equals one device on the whole global batch,
     even when padding leaves devices with different numbers of real candidates.
+
+    With `accum_steps` k > 1 the shard is k micro-batches, run one after the other (lax.scan) with their
+    gradients summed. The global counts then cover all micro-batches, so a forward-only pass over them
+    first computes the counts (the NER classifier's count depends on the filter's outputs); XLA drops
+    that pass's model work where the counts depend on the batch alone (RE).
     """
     loss_fn = LOSSES[phase]
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
 
-    def objective(params):
-        out = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
-        sums, counts = loss_fn(out, batch, use_gold_filter, model.head)
-        global_counts = jax.lax.psum(counts, AXIS)
+    def forward(params, micro, micro_rng):
+        out = model.apply({"params": params}, micro, deterministic=False, rngs={"dropout": micro_rng})
+        return loss_fn(out, micro, use_gold_filter, model.head)
+
+    def objective(params, micro, micro_rng, global_counts=None):
+        sums, counts = forward(params, micro, micro_rng)
+        if global_counts is None:
+            global_counts = jax.lax.psum(counts, AXIS)
         terms = {k: sums[k] / jnp.maximum(global_counts[k], 1) for k in sums}
         return sum(terms.values()), terms
 
-    grads, terms = jax.grad(objective, has_aux=True)(state.params)
+    if accum_steps == 1:
+        grads, terms = jax.grad(objective, has_aux=True)(state.params, batch, rng)
+    else:
+        micros = jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+        rngs = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(accum_steps))
+        counts = jax.lax.map(lambda xs: forward(state.params, *xs)[1], (micros, rngs))
+        global_counts = jax.lax.psum(jax.tree.map(lambda c: jnp.sum(c, axis=0), counts), AXIS)
+
+        def accumulate(total, xs):
+            g, t = jax.grad(objective, has_aux=True)(state.params, *xs, global_counts)
+            return jax.tree.map(jnp.add, total, g), t
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, terms = jax.lax.scan(accumulate, zeros, (micros, rngs))
+        terms = jax.tree.map(lambda t: jnp.sum(t, axis=0), terms)
     grads = jax.lax.psum(grads, AXIS)
     terms = jax.lax.psum(terms, AXIS)
     metrics = {"loss": sum(terms.values()), **{f"loss_{k}": v for k, v in terms.items()},
@@ -83,6 +106,7 @@ def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
     return predict_probs(out)
 
 
-def bind_steps(model: nn.Module, phase: str) -> tuple[Callable, Callable]:
-    """The two step functions with the model and phase closed over (what the Runner maps)."""
-    return (functools.partial(train_step, model=model, phase=phase), functools.partial(eval_step, model=model))
+def bind_steps(model: nn.Module, phase: str, accum_steps: int = 1) -> tuple[Callable, Callable]:
+    """The two step functions with the model, phase and micro-batch count closed over (what the Runner maps)."""
+    return (functools.partial(train_step, model=model, phase=phase, accum_steps=accum_steps),
+            functools.partial(eval_step, model=model))

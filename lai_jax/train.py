@@ -77,13 +77,16 @@ def limit_sentences(docs: list[Document], limit: int) -> list[Document]:
 
 
 def load_splits(config, labels: LabelSet) -> dict[str, list[Document]]:
-    """train / dev / test documents after limits and (for datasets without dev) a seeded dev hold-out."""
+    """train / dev / test documents after limits and (for datasets without dev) a dev hold-out.
+
+    The hold-out follows `data.holdout_seed`, not `seed`: runs with different seeds see the same data.
+    """
     d = config.data
     train = load_docs(config, d.train_split, labels)
     if d.dev_split:
         dev = load_docs(config, d.dev_split, labels)
     else:
-        order = np.random.default_rng(config.seed).permutation(len(train))
+        order = np.random.default_rng(d.holdout_seed).permutation(len(train))
         n_dev = max(1, int(round(len(train) * d.dev_holdout)))
         dev = [train[i] for i in sorted(order[:n_dev])]
         train = [train[i] for i in sorted(order[n_dev:])]
@@ -277,8 +280,19 @@ def _check_finite(pending: list[tuple[int, Any]]) -> Optional[dict]:
     return last
 
 
+def per_device_batch(config, local_devices: int, processes: int = 1) -> int:
+    """Instances per device and micro-batch: batch_size / (processes x local devices x grad_accum_steps)."""
+    split = processes * local_devices * config.grad_accum_steps
+    if config.batch_size < 1 or config.grad_accum_steps < 1 or config.batch_size % split:
+        raise ValueError(f"batch_size={config.batch_size} must be a positive multiple of processes ({processes}) x "
+                         f"local devices ({local_devices}) x grad_accum_steps ({config.grad_accum_steps}) = {split}; "
+                         f"change --config.batch_size or --config.grad_accum_steps")
+    return config.batch_size // split
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train one phase with dev-based checkpoint selection, then score the best checkpoint on dev and test."""
+    per_device = per_device_batch(config, jax.local_device_count(), jax.process_count())  # fail before any work
     workdir_p = Path(workdir)
     workdir_p.mkdir(parents=True, exist_ok=True)
     (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -289,15 +303,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not train_inst:
         raise ValueError("the training split produced no instances (no sentences, or no entities for RE)")
 
-    runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
-    global_batch = config.per_device_batch_size * runner.n * jax.process_count()
+    runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps))
+    global_batch = config.batch_size
     steps_per_epoch = math.ceil(len(train_inst) / global_batch)
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
-    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d on %d device(s) (%s), T=%d",
-             len(train_inst), steps_per_epoch, total_steps, global_batch, runner.n, runner.mode,
+    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d = %d per device x %d device(s) (%s) "
+             "x %d process(es) x %d accumulation step(s), T=%d", len(train_inst), steps_per_epoch, total_steps,
+             global_batch, per_device, runner.n, runner.mode, jax.process_count(), config.grad_accum_steps,
              setup.featurizer.seq_len(config.phase))
 
     sample = features.stack(train_inst[:1])
@@ -313,8 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     writer = checkpoints.metric_writer(workdir_p)
     pending: list[tuple[int, Any]] = []
-    host_shard = slice(jax.process_index() * runner.n * config.per_device_batch_size,
-                       (jax.process_index() + 1) * runner.n * config.per_device_batch_size)
+    host_batch = global_batch // jax.process_count()
+    host_shard = slice(jax.process_index() * host_batch, (jax.process_index() + 1) * host_batch)
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
     t0, step = time.time(), start_step
     try:

@@ -39,7 +39,7 @@ def tiny_config(phase: str, encoder: str, **overrides):
     from lai_jax.config_base import set_fields
     c = get_config(phase)
     base = {"encoder": encoder, "data.train_limit": 24, "data.eval_limit": 12, "max_text_len": 24,
-            "max_span_len": 3, "max_candidates": 24, "max_objects": 4, "per_device_batch_size": 4,
+            "max_span_len": 3, "max_candidates": 24, "max_objects": 4, "batch_size": 4,
             "per_device_eval_batch_size": 8, "model.gcn_heads": 2, "model.dropout": 0.1, "log_every_steps": 1,
             "num_epochs": 1}
     base.update(overrides)

@@ -1,6 +1,6 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (test_train.py does): 3 train steps on
-8 devices (pmap), on 1 device (pmap) and on 8 devices (shard_map) from the same state and global
-batches; prints the max abs parameter differences as JSON."""
+8 devices (pmap), on 1 device (pmap), on 8 devices (shard_map) and on 2 devices with 4 accumulated
+micro-batches (pmap) from the same state and global batches; prints the max abs parameter differences as JSON."""
 import json
 import sys
 
@@ -17,7 +17,7 @@ from lai_jax.steps import bind_steps  # noqa: E402
 
 def main(encoder: str, phase: str) -> None:
     assert jax.local_device_count() == 8, jax.devices()
-    config = tiny_config(phase, encoder, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0, "per_device_batch_size": 2,
+    config = tiny_config(phase, encoder, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0, "batch_size": 16,
                                               "optim.adam_eps": 1e-6})
     setup = train.build(config)
     docs = train.load_splits(config, setup.labels)
@@ -29,9 +29,9 @@ def main(encoder: str, phase: str) -> None:
     init = train.init_state(setup, features.stack(inst[:1]), total_steps=3)
     host0 = jax.tree.map(np.asarray, init)
     finals = {}
-    for name, mode, devices in (("pmap8", "pmap", None), ("pmap1", "pmap", jax.devices()[:1]),
-                                ("shard8", "shard_map", None)):
-        runner = Runner(mode, *bind_steps(setup.model, phase), devices=devices)
+    for name, mode, devices, accum in (("pmap8", "pmap", None, 1), ("pmap1", "pmap", jax.devices()[:1], 1),
+                                       ("shard8", "shard_map", None, 1), ("pmap2_accum4", "pmap", jax.devices()[:2], 4)):
+        runner = Runner(mode, *bind_steps(setup.model, phase, accum), devices=devices)
         state = runner.put_state(host0)
         for i, b in enumerate(batches):
             state, _ = runner.train(state, b, True)
@@ -40,7 +40,8 @@ def main(encoder: str, phase: str) -> None:
     diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     moved = diff(finals["pmap8"], host0.params)
     print(json.dumps({"pmap8_vs_pmap1": diff(finals["pmap8"], finals["pmap1"]),
-                      "pmap8_vs_shard8": diff(finals["pmap8"], finals["shard8"]), "moved": moved}))
+                      "pmap8_vs_shard8": diff(finals["pmap8"], finals["shard8"]),
+                      "pmap8_vs_pmap2_accum4": diff(finals["pmap8"], finals["pmap2_accum4"]), "moved": moved}))
 
 
 if __name__ == "__main__":

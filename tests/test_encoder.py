@@ -247,7 +247,9 @@ def test_resolve_encoder_path(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-bert.*local directory"):
+    with pytest.raises(encoder.EncoderNotFoundError,
+                       match="no-such-org/no-such-bert.*local directory.*--config.encoder=/path/to/hf_dir.*"
+                             "--config.encoder=default"):
         encoder.resolve_encoder_path("no-such-org/no-such-bert")
 
 

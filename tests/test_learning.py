@@ -31,7 +31,7 @@ def overfit(phase, data_dir, workdir, epochs, **overrides):
     c = set_fields(get_config(phase), **{
         "data.dir": str(data_dir), "data.train_limit": 0, "data.eval_limit": 0, "max_text_len": 28,
         "max_span_len": 3, "max_candidates": 48, "max_objects": 8, "num_epochs": epochs,
-        "per_device_batch_size": 4 if phase == "ner" else 8, "optim.learning_rate": 3e-3,
+        "batch_size": 4 if phase == "ner" else 8, "optim.learning_rate": 3e-3,
         "optim.encoder_learning_rate": 2e-4, "optim.warmup_ratio": 0.05, "model.dropout": 0.0,
         "model.encoder_dropout": 0.0, "eval_every_epochs": 10_000, "log_every_steps": 1, **overrides})
     result = train.train_and_evaluate(c, str(workdir))

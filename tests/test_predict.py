@@ -291,7 +291,7 @@ def workdirs(tmp_path_factory, tiny_bert):
     """A tiny NER and RE run (two steps each) of configs/quick.py."""
     from lai_jax import train
     root = tmp_path_factory.mktemp("predict_runs")
-    overrides = {"max_steps": 2, "data.train_limit": 16, "data.eval_limit": 8, "per_device_batch_size": 4,
+    overrides = {"max_steps": 2, "data.train_limit": 16, "data.eval_limit": 8, "batch_size": 4,
                  "eval_every_steps": 2, "num_epochs": 1, "max_candidates": 32, "max_text_len": 32,
                  "model.gcn_layers": 0, "data.use_tfds": False}
     out = []
