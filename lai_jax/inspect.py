@@ -83,7 +83,7 @@ def _tokenizer(encoder: str):
         path = resolve_encoder_path(encoder)
     except EncoderNotFoundError as e:
         logging.getLogger("lai_jax").warning(
-            "warning: %s. Showing the packaged MiniLM-L6 tokenizer (BERT uncased vocabulary) instead: wordpieces, "
+            "%s. Showing the packaged MiniLM-L6 tokenizer (BERT uncased vocabulary) instead: wordpieces, "
             "ids and lengths can differ from what training with %r sees.", e, encoder)
         path = resolve_encoder_path("default")
     return load_tokenizer(path)

@@ -182,3 +182,20 @@ def test_cli_json_end_to_end():
         assert key in info
     assert info["num_slots"] == 64 and info["index"] == 1  # --config.x=y overrides reach the featurizer
     check_shapes(info)
+
+
+def test_paper_encoder_offline_falls_back_to_the_packaged_tokenizer(monkeypatch, tmp_path, caplog):
+    """configs/scierc.py names SciBERT; offline, inspect still works, with the packaged tokenizer and a warning."""
+    import huggingface_hub.constants as hub_constants
+    from lai_jax.encoder import load_tokenizer
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    scierc = lai_inspect.load_config(str(REPO / "configs" / "scierc.py"))
+    assert scierc.encoder == "allenai/scibert_scivocab_uncased"
+    monkeypatch.setattr(__import__("logging").getLogger("lai_jax"), "propagate", True)  # cli.setup_logging stops it
+    lai_inspect._tokenizer.cache_clear()
+    with caplog.at_level("WARNING", logger="lai_jax"):
+        featurizer, _ = lai_inspect.make_featurizer(scierc)
+    lai_inspect._tokenizer.cache_clear()
+    assert "packaged MiniLM-L6 tokenizer" in caplog.text and "allenai/scibert_scivocab_uncased" in caplog.text
+    assert featurizer.tok.get_vocab() == load_tokenizer("default").get_vocab()
