@@ -37,6 +37,8 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
         raise ValueError(f"{path}: not a lai-jax run config ({e})") from None
     with config.unlocked():
         _merge(config, saved)
+    if "holdout_seed" not in saved.get("data", {}):  # written when the dev hold-out followed the training seed
+        config.data.holdout_seed = config.seed
     return config
 
 

@@ -165,9 +165,16 @@ def test_saved_config_missing_newer_fields_still_loads(tmp_path):
     saved["max_text_len"] = 77
     saved["re"]["entities_from"] = "somewhere"
     del saved["model"]["dropout_bits"]  # as in a workdir written before the field existed
+    for key in ("batch_size", "grad_accum_steps"):  # before the global batch: a per-device one
+        del saved[key]
+    del saved["data"]["holdout_seed"]
+    saved["per_device_batch_size"] = 16
+    saved["seed"] = 3
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = load_config(tmp_path)
     assert config.model.dropout_bits == base_config("conll04", "ner").model.dropout_bits
+    assert config.batch_size == base_config("conll04", "ner").batch_size
+    assert config.data.holdout_seed == 3  # such runs drew the dev hold-out with the training seed
     assert config.max_text_len == 77 and config.re.entities_from == "somewhere"
     (tmp_path / "config.json").write_text(json.dumps({"foo": 1}))
     with pytest.raises(ValueError, match="not a lai-jax run config"):
