@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Single host, all local GPUs: jax.pmap splits each global batch over them (global batch =
-# per_device_batch_size x number of GPUs). Install the CUDA build of JAX first:
+# Single host, all local GPUs: jax.pmap splits each global batch (config field batch_size, the same on any
+# number of GPUs) over them; it must divide by GPUs x grad_accum_steps. Install the CUDA build of JAX first:
 #   pip install -U "jax[cuda12]"
 # Usage: bash launch/multi_gpu.sh configs/scierc.py runs/scierc [extra --config.x=y ...]
 set -euo pipefail
