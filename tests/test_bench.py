@@ -22,7 +22,9 @@ LAYERS = 2  # the packaged encoder's first layers: real weight scales, quick com
 @pytest.fixture(scope="module")
 def pair():
     """(setup, batch, flax params, torch model with those params) on tiny SciERC shapes."""
-    config, setup = bench.make_setup("default", max_text_len=24, max_candidates=12, layers=LAYERS)
+    # Two G4CN blocks (SciERC's NER config has one), so the wiring between blocks is compared too.
+    config, setup = bench.make_setup("default", max_text_len=24, max_candidates=12, layers=LAYERS,
+                                     overrides=("model.gcn_layers=2",))
     _, instances = bench.load_batch(config, setup, 1)
     # Two real instances with entities among their K slots, and a zero-weight all-PAD padding row (fully
     # padded mask rows, no candidates).
