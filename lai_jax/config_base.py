@@ -92,6 +92,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.classifier_keeps_gold = False
     # Weight of the entity class in the filter loss (1 = the paper's plain mean over candidates).
     c.model.filter_pos_weight = 1.0
+    # L_span is a sum over the spans the classifier sees divided by: "kept" (those spans, the paper's mean) or
+    # "candidates" (all real candidates, the same scale as L_filter).
+    c.model.span_loss_norm = "kept"
     # Compute dtype: float32 | bfloat16 (parameters stay float32).
     c.model.dtype = "float32"
     # Rematerialise each encoder layer (saves activation memory on long inputs).

@@ -138,7 +138,8 @@ def build(config) -> Setup:
                       gcn_zero_init=config.model.gcn_zero_init,
                       filter_gate_threshold=config.model.filter_gate_threshold,
                       classifier_keeps_gold=config.model.classifier_keeps_gold,
-                      filter_pos_weight=config.model.filter_pos_weight)
+                      filter_pos_weight=config.model.filter_pos_weight,
+                      span_loss_norm=config.model.span_loss_norm)
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 
