@@ -53,6 +53,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.max_candidates = 220
     # Object slots per RE instance (PL-Marker: 32 ACE05, 16 SciERC).
     c.max_objects = 16
+    # Length buckets: batches are cut to the shortest of this many lengths (chosen from the training data,
+    # the longest = T) that holds them. One compile per bucket, phase and split; 1 = one static shape.
+    c.num_buckets = 1
     # Annotation segment on/off; False is the paper's "w/o 1st round" ablation (and disables G4CN).
     c.use_annotations = True
     # Partial attention preset: invisible (paper's best) | visible | full | plmarker.
@@ -85,7 +88,7 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.use_filter = True
     # Start the G4CN's last output projection at zero, so the graph begins as a no-op and is learned from
     # there (False: random init, which adds a random projection of every node to the candidates).
-    c.model.gcn_zero_init = True
+    c.model.gcn_zero_init = False
     # In training after cold start, spans whose filter probability reaches this value reach the classifier.
     c.model.filter_gate_threshold = 0.5
     # The classifier also trains on gold spans the filter misses (teacher forcing; False = the paper's gate).
@@ -94,7 +97,7 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.filter_pos_weight = 1.0
     # L_span is a sum over the spans the classifier sees divided by: "kept" (those spans, the paper's mean) or
     # "candidates" (all real candidates, the same scale as L_filter).
-    c.model.span_loss_norm = "kept"
+    c.model.span_loss_norm = "candidates"
     # Compute dtype: float32 | bfloat16 (parameters stay float32).
     c.model.dtype = "float32"
     # Rematerialise each encoder layer (saves activation memory on long inputs).

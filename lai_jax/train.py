@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lai_jax import checkpoints, decoding, encoder as encoder_lib, metrics as metrics_lib
+from lai_jax import checkpoints, decoding, encoder as encoder_lib, input_pipeline, metrics as metrics_lib
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import LabelSet, load_labels
@@ -159,15 +159,18 @@ def instances_for(setup: Setup, docs: Sequence[Document], entities=None) -> list
     return setup.featurizer.re_instances(docs, entities)
 
 
-def run_eval(runner: Runner, state, setup: Setup, instances: list[features.Instance], desc: str) -> list[dict]:
-    """Probabilities per instance (host numpy), batched with static shapes and zero-weight padding."""
+def run_eval(runner: Runner, state, setup: Setup, instances: list[features.Instance], desc: str,
+             buckets: Sequence[int] = ()) -> list[dict]:
+    """Probabilities per instance (host numpy), batched by length bucket with zero-weight padding."""
     batch_size = setup.config.per_device_eval_batch_size * runner.n
-    out: list[dict] = []
-    n_batches = math.ceil(len(instances) / batch_size)
-    for batch, chunk in tqdm(features.iter_batches(instances, batch_size), total=n_batches, desc=desc,
-                             leave=False, disable=None):
+    buckets = tuple(buckets) or (setup.featurizer.seq_len(setup.config.phase),)
+    out: list[Optional[dict]] = [None] * len(instances)
+    n_batches = math.ceil(len(instances) / batch_size) + len(buckets) - 1
+    for batch, chunk in tqdm(input_pipeline.eval_batches(instances, buckets, batch_size), total=n_batches,
+                             desc=desc, leave=False, disable=None):
         probs = runner.eval(state, batch)
-        out.extend({k: v[i] for k, v in probs.items()} for i in range(len(chunk)))
+        for row, i in enumerate(chunk):
+            out[i] = {k: v[row] for k, v in probs.items()}
     return out
 
 
@@ -211,10 +214,10 @@ def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Inst
     return pred
 
 
-def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], entities=None, desc: str = "eval"
-                  ) -> tuple[list[Document], dict]:
+def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], entities=None, desc: str = "eval",
+                  buckets: Sequence[int] = ()) -> tuple[list[Document], dict]:
     instances = instances_for(setup, docs, entities)
-    probs = run_eval(runner, state, setup, instances, desc)
+    probs = run_eval(runner, state, setup, instances, desc, buckets)
     pred = decode(setup, docs, instances, probs, entities)
     return pred, score_docs(setup, docs, pred)
 
@@ -292,14 +295,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
     global_batch = config.per_device_batch_size * runner.n * jax.process_count()
-    steps_per_epoch = math.ceil(len(train_inst) / global_batch)
+    buckets = input_pipeline.bucket_lengths(train_inst, config.num_buckets)
+    groups = input_pipeline.assign(train_inst, buckets)
+    steps_per_epoch = input_pipeline.num_batches(groups, global_batch)
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
-    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d on %d device(s) (%s), T=%d",
-             len(train_inst), steps_per_epoch, total_steps, global_batch, runner.n, runner.mode,
-             setup.featurizer.seq_len(config.phase))
+    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d on %d device(s) (%s), "
+             "length buckets %s holding %s instances", len(train_inst), steps_per_epoch, total_steps, global_batch,
+             runner.n, runner.mode, list(buckets), [len(g) for g in groups])
 
     sample = features.stack(train_inst[:1])
     state = init_state(setup, sample, total_steps)
@@ -318,13 +323,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        (jax.process_index() + 1) * runner.n * config.per_device_batch_size)
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
     t0, step = time.time(), start_step
+    epoch_plan: tuple[int, list] = (-1, [])
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_inst))
-            lo = offset * global_batch
-            chunk = [train_inst[i] for i in order[lo:lo + global_batch]]
-            batch = features.stack(chunk, global_batch)
+            if epoch_plan[0] != epoch:
+                epoch_plan = (epoch, input_pipeline.epoch_batches(groups, global_batch, config.seed, epoch))
+            b, idx = epoch_plan[1][offset]
+            batch = input_pipeline.cut(features.stack([train_inst[i] for i in idx], global_batch), buckets[b])
             batch = {k: v[host_shard] for k, v in batch.items()}
             use_gold = config.phase == "ner" and epoch < config.cold_start_epochs
             state, m = runner.train(state, batch, use_gold)
@@ -338,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write_scalars(step, {**host, "steps_per_s": rate})
             if step % eval_every == 0 or step == total_steps:
                 host_state = runner.get_state(state)
-                _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev")
+                _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev", buckets)
                 f1 = headline_f1(setup, dev_result)
                 writer.write_scalars(step, flat_metrics(dev_result, "dev"))
                 table = metrics_lib.format_table(dev_result, table_tasks(config))
@@ -358,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": ckpt.best_step(),
                                "steps": step, "wall_s": round(time.time() - t0, 1)}
     for split in ("dev", "test"):
-        pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split)
+        pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split, buckets)
         write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred)
         results[split] = result
         table = metrics_lib.format_table(result, table_tasks(config))
