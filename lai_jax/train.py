@@ -42,7 +42,7 @@ def load_docs(config, split: str, labels: LabelSet) -> list[Document]:
     ds = config.dataset
     if config.data.use_tfds and (ds in BUNDLED and not config.data.dir or ds == "ace05"):
         docs = tfds_builders.load_split(ds, split, data_dir=config.data.tfds_dir or None, fold=config.data.fold,
-                                        manual_dir=config.data.dir or None)
+                                        manual_dir=config.data.dir or None, labels_path=labels_path(config))
     else:
         root = Path(config.data.dir) if config.data.dir else DATA_ROOT / ds
         docs = readers.read_documents(_split_file(root, ds, split, config.data.fold), labels)

@@ -182,7 +182,8 @@ def test_overlap_stats_counts_nested_and_crossing_pairs():
     # the bundled SciERC test split has 20 overlapping gold pairs (3 of the same type)
     from lai_jax.data.labels import load_labels
     from lai_jax.data.readers import read_documents
-    scierc = read_documents(REPO / "data" / "scierc" / "test.json", load_labels(REPO / "data" / "scierc" / "labels.json"))
+    data = REPO / "data" / "scierc"
+    scierc = read_documents(data / "test.json", load_labels(data / "labels.json"))
     assert lai_inspect.overlap_stats(scierc) == {"overlapping_pairs": 20, "overlapping_same_type": 3}
 
 

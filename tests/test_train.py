@@ -156,7 +156,8 @@ def test_re_refuses_dev_and_test_entities_decoded_differently(tmp_path, caplog):
         with pytest.raises(ValueError) as e:
             ensure_predictions(tmp_path, split)
         msg = str(e.value)
-        assert str(tmp_path / "predictions" / "dev.jsonl") in msg and str(tmp_path / "predictions" / "test.jsonl") in msg
+        for name in ("dev.jsonl", "test.jsonl"):
+            assert str(tmp_path / "predictions" / name) in msg
         assert "ner.filter_threshold: 0.5 in dev.jsonl, 0.3 in test.jsonl" in msg
         assert "ner.overlap" not in msg and "checkpoint_step" not in msg
     # the RE run reads them through predicted_entities: refused there too
