@@ -308,7 +308,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 # ------------------------------------------------------------------------------- end to end (trained)
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, tiny_bert):
-    """A tiny NER and RE run (two steps each) of configs/quick.py."""
+    """A tiny NER and RE run (two steps each) of configs/quick.py; the RE run is end to end (NER's entities)."""
     from lai_jax import train
     root = tmp_path_factory.mktemp("predict_runs")
     overrides = {"max_steps": 2, "data.train_limit": 16, "data.eval_limit": 8, "per_device_batch_size": 4,
@@ -316,8 +316,11 @@ def workdirs(tmp_path_factory, tiny_bert):
                  "model.gcn_layers": 0, "data.use_tfds": False}
     out = []
     for phase in ("ner", "re"):
-        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides), str(root / phase))
+        extra = {"re.entities_from": str(root / "ner")} if phase == "re" else {}
+        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides, **extra), str(root / phase))
         out.append(str(root / phase))
+    settings = json.loads((root / "ner" / "predictions" / "test.settings.json").read_text())
+    assert settings["phase"] == "ner" and settings["ner.overlap"] == "plmarker" and settings["checkpoint_step"] == 2
     return tuple(out)
 
 
