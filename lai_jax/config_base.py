@@ -138,8 +138,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.ner = ml_collections.ConfigDict()
     # Entity filter probability threshold at decoding.
     c.ner.filter_threshold = 0.5
-    # Greedy non-overlapping decoding (flat datasets: all bundled ones).
-    c.ner.flat_ner = True
+    # Overlapping predicted entities: plmarker (PL-Marker's evaluation: of overlapping spans with the same type
+    # the higher-scoring one is kept; nested/overlapping spans of different types are all kept) | flat (greedy,
+    # no overlaps at all, whatever the types) | none (keep everything). Replaces the old boolean ner.flat_ner.
+    c.ner.overlap = "plmarker"
 
     c.re = ml_collections.ConfigDict()
     # NER workdir whose predictions supply entities for end-to-end RE ("" = gold entities).
@@ -148,6 +150,11 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re.re_decode = "both"
     # Probability threshold of a direction's decision.
     c.re.threshold = 0.5
+
+    c.eval = ml_collections.ConfigDict()
+    # Symmetric relation types (labels.json "symmetric": true) in RE / RE+ scores: both (PL-Marker, so comparable
+    # with Table 1: a symmetric relation counts twice, once per direction, in gold, predictions and hits) | once.
+    c.eval.symmetric_count = "both"
 
     # Data-parallel runner: pmap (default) | shard_map (jit of shard_map over a ("data",) mesh).
     c.parallel = "pmap"

@@ -9,8 +9,9 @@ input id, position id, attention group and, for markers, the candidate slot and 
 ``--json`` prints the same instance as one JSON object (token arrays, candidate spans, marker slots and
 the full T x T partial attention mask of the config's preset, SPEC §4). ``--stats`` featurizes whole
 splits and reports how many candidate slots are filled, how many gold entities are reachable as
-candidates under ``max_span_len`` (and the text budget), and how many sentences ``max_text_len``
-truncates. Only the tokenizer of the config's encoder is loaded, never its weights.
+candidates under ``max_span_len`` (and the text budget), how many sentences ``max_text_len``
+truncates, and how many pairs of gold entities overlap (nested or crossing). Only the tokenizer of the
+config's encoder is loaded, never its weights.
 
 The same functions serve programs and tests: :func:`inspect_instance` and :func:`split_stats`.
 """
@@ -269,11 +270,28 @@ def _pct(num: int, den: int) -> Optional[float]:
     return round(100.0 * num / den, 2) if den else None
 
 
+def overlap_stats(docs) -> dict:
+    """Pairs of distinct gold entities of one sentence that share a word (nested or crossing; the same span
+    with two types counts too): ``overlapping_pairs``, and ``overlapping_same_type`` among them. Flat decoding
+    (``ner.overlap=flat``) can get at most one entity of each such pair right."""
+    pairs = same = 0
+    for doc in docs:
+        for sent in doc.sentences:
+            ents = sorted({(e.start, e.end, e.type) for e in sent.entities})
+            for i, a in enumerate(ents):
+                for b in ents[i + 1:]:
+                    if a[0] <= b[1] and b[0] <= a[1]:
+                        pairs += 1
+                        same += a[2] == b[2]
+    return {"overlapping_pairs": pairs, "overlapping_same_type": same}
+
+
 def split_stats(config, splits: Sequence[str] = SPLITS) -> dict:
     """Per split: NER candidate statistics (from `Featurizer.ner_instances`) with percentages.
 
     Keys per split: sentences, instances, slots, filled, filled_pct, gold, reachable, reachable_pct,
-    truncated, truncated_pct (percentages are null where the denominator is 0).
+    truncated, truncated_pct (percentages are null where the denominator is 0), and the gold entity overlaps
+    of :func:`overlap_stats`: overlapping_pairs, overlapping_same_type.
     """
     splits = [_canonical_split(config, s) for s in splits]
     featurizer, labels = make_featurizer(config)
@@ -285,6 +303,7 @@ def split_stats(config, splits: Sequence[str] = SPLITS) -> dict:
         s["filled_pct"] = _pct(s["filled"], s["slots"])
         s["reachable_pct"] = _pct(s["reachable"], s["gold"])
         s["truncated_pct"] = _pct(s["truncated"], s["sentences"])
+        s.update(overlap_stats(docs[split]))
         out[split] = s
     return out
 
@@ -312,6 +331,9 @@ def format_stats(config, stats: dict) -> str:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append("overlapping gold entity pairs (of them same type): " + ", ".join(
+        f"{split} {s['overlapping_pairs']} ({s['overlapping_same_type']})" for split, s in stats.items()
+        if "overlapping_pairs" in s))
     return "\n".join(lines)
 
 

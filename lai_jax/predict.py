@@ -325,7 +325,7 @@ def decode_ner_windows(setup, docs: Sequence[Document], wmap: list[list[Window]]
             continue
         found = decoding.decode_ner(spans, np.array([table[x][1] for x in spans]),
                                     np.stack([table[x][2] for x in spans]), setup.labels.entity_types,
-                                    flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
+                                    overlap=c.ner.overlap, filter_threshold=c.ner.filter_threshold,
                                     use_filter=c.model.use_filter)
         out[d][s] = [(int(a), int(b), t, float(score)) for a, b, t, score in found]
     return out

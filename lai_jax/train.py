@@ -42,7 +42,7 @@ def load_docs(config, split: str, labels: LabelSet) -> list[Document]:
     ds = config.dataset
     if config.data.use_tfds and (ds in BUNDLED and not config.data.dir or ds == "ace05"):
         docs = tfds_builders.load_split(ds, split, data_dir=config.data.tfds_dir or None, fold=config.data.fold,
-                                        manual_dir=config.data.dir or None)
+                                        manual_dir=config.data.dir or None, labels_path=labels_path(config))
     else:
         root = Path(config.data.dir) if config.data.dir else DATA_ROOT / ds
         docs = readers.read_documents(_split_file(root, ds, split, config.data.fold), labels)
@@ -58,9 +58,9 @@ def _split_file(root: Path, dataset: str, split: str, fold: int) -> Path:
     return candidates[0]  # the reader reports the missing file by name
 
 
-def dummy_document() -> Document:
-    """A two-word sentence with two entities: enough to trace shapes for either phase."""
-    return Document("dummy", [Sentence(["a", "b"], [Entity(0, 0, "?"), Entity(1, 1, "?")])])
+def dummy_document(entity_type: str) -> Document:
+    """A two-word sentence with two entities (of a type the label file knows): enough to trace shapes."""
+    return Document("dummy", [Sentence(["a", "b"], [Entity(0, 0, entity_type), Entity(1, 1, entity_type)])])
 
 
 def limit_sentences(docs: list[Document], limit: int) -> list[Document]:
@@ -111,7 +111,17 @@ def feature_config(config) -> features.FeatureConfig:
                                   use_annotations=config.use_annotations)
 
 
+def check_choices(config) -> None:
+    """Fail early (not after training) on a decoding or scoring field with an unknown value."""
+    for key, value, choices in (("ner.overlap", config.ner.overlap, decoding.NER_OVERLAP_RULES),
+                                ("re.re_decode", config.re.re_decode, decoding.RE_DECODE_RULES),
+                                ("eval.symmetric_count", config.eval.symmetric_count, metrics_lib.SYMMETRIC_COUNTS)):
+        if value not in choices:
+            raise ValueError(f"config {key}={value!r}: expected one of {', '.join(choices)}")
+
+
 def build(config) -> Setup:
+    check_choices(config)
     labels = load_labels(labels_path(config))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
     enc, enc_params, tokenizer = encoder_lib.load(config.encoder, dtype=dtype, remat=config.model.remat)
@@ -190,7 +200,7 @@ def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Inst
             acc[2].append(p["type_probs"][:k])
         for (d, s), (spans, fp, tp) in per_sent.items():
             found = decoding.decode_ner(spans, np.concatenate(fp), np.concatenate(tp), setup.labels.entity_types,
-                                        flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
+                                        overlap=c.ner.overlap, filter_threshold=c.ner.filter_threshold,
                                         use_filter=c.model.use_filter)
             pred[d].sentences[s].entities = [Entity(a, b, t, float(p)) for a, b, t, p in found]
         return pred
@@ -223,8 +233,9 @@ def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], ent
 
 
 def score_docs(setup: Setup, gold: list[Document], pred: list[Document]) -> dict:
-    """`metrics.score` with the label set's symmetric relations."""
-    return metrics_lib.score(gold, pred, dict(zip(setup.labels.relation_types, setup.labels.symmetric)))
+    """`metrics.score` with the label set's symmetric relations, counted as `eval.symmetric_count` says."""
+    return metrics_lib.score(gold, pred, dict(zip(setup.labels.relation_types, setup.labels.symmetric)),
+                             symmetric_count=setup.config.eval.symmetric_count)
 
 
 def headline_f1(setup: Setup, result: dict) -> float:
@@ -238,9 +249,9 @@ def predicted_entities(config, split: str, docs: list[Document]):
     if not config.re.entities_from:
         return None
     from lai_jax.evaluate import ensure_predictions
-    path = ensure_predictions(config.re.entities_from, split_name(config, split))
+    path = ensure_predictions(config.re.entities_from, split_name(config, split))  # also checks dev/test settings
     from lai_jax.data.readers import read_pure
-    by_key = {doc.doc_key: doc for doc in read_pure(path)}
+    by_key = {doc.doc_key: doc for doc in read_pure(path, load_labels(labels_path(config)))}
     out = []
     for doc in docs:
         if doc.doc_key not in by_key:
@@ -254,13 +265,70 @@ def split_name(config, split: str) -> str:
     return {"train": config.data.train_split, "dev": config.data.dev_split or "dev", "test": config.data.test_split}[split]
 
 
-def write_predictions(path: Path, docs: list[Document]) -> None:
+# Config fields that decide what a phase's predictions file holds besides the checkpoint (see `write_predictions`).
+PREDICTION_FIELDS = {"ner": ("model.use_filter", "ner.filter_threshold", "ner.overlap"),
+                     "re": ("re.entities_from", "re.re_decode", "re.threshold")}
+
+
+def prediction_settings(config, checkpoint_step: Optional[int]) -> dict:
+    """The settings recorded with a predictions file: phase, checkpoint step and the phase's decoding fields."""
+    out: dict[str, Any] = {"phase": config.phase, "checkpoint_step": checkpoint_step}
+    for key in PREDICTION_FIELDS[config.phase]:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+def settings_path(path: Path) -> Path:
+    """predictions/<split>.jsonl -> predictions/<split>.settings.json"""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".jsonl") + ".settings.json")
+
+
+def write_predictions(path: Path, docs: list[Document], settings: Optional[dict] = None) -> None:
+    """PURE JSONL predictions, and `settings` (`prediction_settings`) beside them in <split>.settings.json."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    side = settings_path(path)
+    side.unlink(missing_ok=True)  # no stale settings for new predictions, even if this write is cut short
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
         for doc in docs:
             f.write(json.dumps(doc.to_pure()) + "\n")
     tmp.replace(path)
+    if settings is not None:
+        side.write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def check_prediction_settings(paths: Sequence[Path]) -> None:
+    """Refuse predictions files (one run's dev and test) written with different settings.
+
+    End-to-end RE reads the entities of both; had one been rewritten with, say, another filter threshold, dev
+    would select and test would report on entities made differently. Files not written yet are skipped; a
+    file without its settings (written before they were recorded) gets a warning, as it cannot be checked.
+    """
+    known = []
+    for path in map(Path, paths):
+        if not path.exists():
+            continue
+        side = settings_path(path)
+        if not side.exists():
+            log.warning("%s has no %s (written before settings were recorded): cannot check that it was decoded "
+                        "like %s; rewrite it with `python -m lai_jax.evaluate`", path, side.name,
+                        " and ".join(str(p) for p in paths if Path(p) != path))
+            continue
+        known.append((path, json.loads(side.read_text(encoding="utf-8"))))
+    for path, settings in known[1:]:
+        first, ref = known[0]
+        diff = sorted(k for k in set(ref) | set(settings) if ref.get(k, "<unset>") != settings.get(k, "<unset>"))
+        if diff:
+            detail = "; ".join(f"{k}: {ref.get(k, '<unset>')!r} in {first.name}, {settings.get(k, '<unset>')!r} in "
+                               f"{path.name}" for k in diff)
+            raise ValueError(f"{first} and {path} were written with different settings ({detail}), so dev and "
+                             f"test would be scored on entities decoded differently. Rewrite both with the same "
+                             f"settings: python -m lai_jax.evaluate --workdir={first.parent.parent} --split=<split> "
+                             f"[--set=FIELD=VALUE ...] for each split.")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -365,7 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                "steps": step, "wall_s": round(time.time() - t0, 1)}
     for split in ("dev", "test"):
         pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split, buckets)
-        write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred)
+        write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred,
+                          prediction_settings(config, results["best_step"]))
         results[split] = result
         table = metrics_lib.format_table(result, table_tasks(config))
         print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")

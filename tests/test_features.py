@@ -186,3 +186,12 @@ def test_cut_words_leave_no_gap(tok, labels):
     f = make_featurizer(tok, labels)
     sp = f.sentence_pieces([[[1], [2], [3, 4, 5], [6], [7]]], 0, 3)
     assert sp.ids == [1, 2] and sp.word_first == [0, 1, -1, -1, -1] and sp.truncated
+
+
+def test_unknown_gold_entity_type_is_an_error_not_none(tok, labels):
+    f = make_featurizer(tok, labels)
+    doc = Document("odd", [Sentence(["Ann", "met", "Bob"], [Entity(0, 0, "Peop"), Entity(2, 2, "Person")])])
+    with pytest.raises(ValueError, match=r"document 'odd', sentence 0: gold entity type 'Person' is not in the label "
+                                         r"file .*conll04/labels.json"):
+        f.ner_instances([doc])
+    f.ner_instances([doc], with_labels=False)  # prediction / statistics read no gold types

@@ -249,6 +249,26 @@ def test_json_input_formats_ignore_gold():
     assert predict.parse_input("[1] Intro.\n", "t.txt", "text")[0].doc.sentences[0].words[:3] == ["[", "1", "]"]
 
 
+def test_bom_and_crlf_input_files_load(tmp_path):
+    # Files as Windows editors save them (UTF-8 byte-order mark, CRLF line ends) read like their plain twins.
+    pure = [{"doc_key": "a", "sentences": [["John", "lives"], ["in", "Zürich", "."]]},
+            {"doc_key": "b", "sentences": [["x"]]}]
+    spert = [{"tokens": ["A", "b"], "orig_id": 3}, {"tokens": ["c"]}]
+    cases = {"text.txt": "John lives in Zürich.\n\nMary left.\n",
+             "pure.jsonl": "\n".join(json.dumps(d, ensure_ascii=False) for d in pure) + "\n",
+             "spert.json": json.dumps(spert, indent=2)}
+    for name, text in cases.items():
+        (tmp_path / "unix").mkdir(exist_ok=True)
+        (tmp_path / "unix" / name).write_text(text, encoding="utf-8")
+        win = tmp_path / name
+        win.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+        got, want = predict.read_input(str(win)), predict.read_input(str(tmp_path / "unix" / name))
+        assert [(d.key, d.doc) for d in got] == [(d.key, d.doc) for d in want] and got, name
+    text_docs = predict.read_input(str(tmp_path / "text.txt"))
+    assert [d.key for d in text_docs] == [{"line": 1}, {"line": 3}]
+    assert text_docs[0].doc.text == "John lives in Zürich." and text_docs[1].doc.text == "Mary left."  # no BOM, no CR
+
+
 @pytest.mark.parametrize("content,fmt,where", [
     ("plain text\n", "pure", "line 1"),
     ('{"doc_key": "a", "sentences": [["x"]]}\n\n{"doc_key": "b", "sentences": [["y"]\n', "auto", "line 3"),
@@ -288,7 +308,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 # ------------------------------------------------------------------------------- end to end (trained)
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, tiny_bert):
-    """A tiny NER and RE run (two steps each) of configs/quick.py."""
+    """A tiny NER and RE run (two steps each) of configs/quick.py; the RE run is end to end (NER's entities)."""
     from lai_jax import train
     root = tmp_path_factory.mktemp("predict_runs")
     overrides = {"max_steps": 2, "data.train_limit": 16, "data.eval_limit": 8, "per_device_batch_size": 4,
@@ -296,8 +316,11 @@ def workdirs(tmp_path_factory, tiny_bert):
                  "model.gcn_layers": 0, "data.use_tfds": False}
     out = []
     for phase in ("ner", "re"):
-        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides), str(root / phase))
+        extra = {"re.entities_from": str(root / "ner")} if phase == "re" else {}
+        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides, **extra), str(root / phase))
         out.append(str(root / phase))
+    settings = json.loads((root / "ner" / "predictions" / "test.settings.json").read_text())
+    assert settings["phase"] == "ner" and settings["ner.overlap"] == "plmarker" and settings["checkpoint_step"] == 2
     return tuple(out)
 
 

@@ -90,6 +90,14 @@ class Featurizer:
         self.rel_space = RelationLabelSpace(labels.relation_types, labels.symmetric)
         self.entity_index = {t: i + 1 for i, t in enumerate(labels.entity_types)}  # 0 = none
 
+    def entity_class(self, etype: str, doc_key: str, s: int) -> int:
+        """Class id of a gold entity type; an unknown type is an error, never "none"."""
+        if etype not in self.entity_index:
+            raise ValueError(f"document {doc_key!r}, sentence {s}: gold entity type {etype!r} is not in the label "
+                             f"file{' ' + self.labels.source if self.labels.source else ''} "
+                             f"(known: {', '.join(self.entity_index)})")
+        return self.entity_index[etype]
+
     # ----------------------------------------------------------------------------------- shapes
     def _annotation_segment(self, annotations: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
         """Wordpieces of all annotations in order, and each annotation's (first, last) piece offset."""
@@ -217,7 +225,8 @@ class Featurizer:
                 stats["truncated"] += sp.truncated
                 spans = [(i, j) for i, j in enumerate_spans(len(sent.words), c.max_span_len)
                          if sp.word_last[j] >= 0]  # spans cut off by max_text_len cannot be marked
-                gold = {(e.start, e.end): self.entity_index.get(e.type, 0) for e in sent.entities}
+                gold = {(e.start, e.end): self.entity_class(e.type, doc.doc_key, s) if with_labels else 0
+                        for e in sent.entities}
                 stats["gold"] += len(gold)
                 span_set = set(spans)
                 stats["reachable"] += sum(g in span_set for g in gold)
