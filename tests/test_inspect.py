@@ -164,7 +164,9 @@ def test_split_stats_sane(config):
         assert s["slots"] == s["instances"] * small.max_candidates
         assert 0 < s["filled"] <= s["slots"] and 0 < s["filled_pct"] <= 100
         assert 0 < s["reachable"] <= s["gold"] and 0 < s["reachable_pct"] <= 100
-        assert 0 <= s["truncated"] <= s["sentences"] and 0 <= s["truncated_pct"] <= 100
+        assert 0 <= s["windowed"] <= s["sentences"] and 0 <= s["windowed_pct"] <= 100
+        assert s["gold"] - s["reachable"] == s["too_long"] and s["long_words"] == 0
+        assert s["relations"] > 0 and s["relations_unreachable"] == s["relations_unrepresented"] == 0
     assert stats["train"]["sentences"] == 150
     assert all(s["overlapping_pairs"] == s["overlapping_same_type"] == 0 for s in stats.values())  # CoNLL04 is flat
     table = lai_inspect.format_stats(small, stats)
