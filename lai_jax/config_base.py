@@ -55,6 +55,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.max_candidates = 220
     # Object slots per RE instance (PL-Marker: 32 ACE05, 16 SciERC).
     c.max_objects = 16
+    # Length buckets: batches are cut to the shortest of this many lengths (chosen from the training data,
+    # the longest = T) that holds them. One compile per bucket, phase and split; 1 = one static shape.
+    c.num_buckets = 1
     # Annotation segment on/off; False is the paper's "w/o 1st round" ablation (and disables G4CN).
     c.use_annotations = True
     # Partial attention preset: invisible (paper's best) | visible | full | plmarker.
@@ -87,13 +90,16 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.use_filter = True
     # Start the G4CN's last output projection at zero, so the graph begins as a no-op and is learned from
     # there (False: random init, which adds a random projection of every node to the candidates).
-    c.model.gcn_zero_init = True
+    c.model.gcn_zero_init = False
     # In training after cold start, spans whose filter probability reaches this value reach the classifier.
     c.model.filter_gate_threshold = 0.5
     # The classifier also trains on gold spans the filter misses (teacher forcing; False = the paper's gate).
     c.model.classifier_keeps_gold = False
     # Weight of the entity class in the filter loss (1 = the paper's plain mean over candidates).
     c.model.filter_pos_weight = 1.0
+    # L_span is a sum over the spans the classifier sees divided by: "kept" (those spans, the paper's mean) or
+    # "candidates" (all real candidates, the same scale as L_filter).
+    c.model.span_loss_norm = "candidates"
     # Compute dtype: float32 | bfloat16 (parameters stay float32).
     c.model.dtype = "float32"
     # Rematerialise each encoder layer (saves activation memory on long inputs).
@@ -139,8 +145,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.ner = ml_collections.ConfigDict()
     # Entity filter probability threshold at decoding.
     c.ner.filter_threshold = 0.5
-    # Greedy non-overlapping decoding (flat datasets: all bundled ones).
-    c.ner.flat_ner = True
+    # Overlapping predicted entities: plmarker (PL-Marker's evaluation: of overlapping spans with the same type
+    # the higher-scoring one is kept; nested/overlapping spans of different types are all kept) | flat (greedy,
+    # no overlaps at all, whatever the types) | none (keep everything). Replaces the old boolean ner.flat_ner.
+    c.ner.overlap = "plmarker"
 
     c.re = ml_collections.ConfigDict()
     # NER workdir whose predictions supply entities for end-to-end RE ("" = gold entities).
@@ -149,6 +157,11 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re.re_decode = "both"
     # Probability threshold of a direction's decision.
     c.re.threshold = 0.5
+
+    c.eval = ml_collections.ConfigDict()
+    # Symmetric relation types (labels.json "symmetric": true) in RE / RE+ scores: both (PL-Marker, so comparable
+    # with Table 1: a symmetric relation counts twice, once per direction, in gold, predictions and hits) | once.
+    c.eval.symmetric_count = "both"
 
     # Data-parallel runner: pmap (default) | shard_map (jit of shard_map over a ("data",) mesh).
     c.parallel = "pmap"

@@ -7,9 +7,18 @@ argmax of its type distribution is not the none class (index 0; ties go to the l
 with none means none). Its score is the **type probability alone** (``type_probs[argmax]``), not
 multiplied by the filter probability, so scores are comparable whether or not the filter is used.
 Several instances scoring the same span are merged after filtering: the kept prediction with the
-highest score wins (its type and score). ``flat=True`` then keeps a greedy non-overlapping subset
-(highest score first, ties by (start, end, type); any span overlapping an accepted one is dropped,
-whatever its type). The result is sorted by (start, end, type).
+highest score wins (its type and score), so a span carries at most one type. Overlapping spans are then
+resolved by ``overlap`` (config ``ner.overlap``), visiting entities by score, highest first (ties by
+(start, end, type)), and keeping each one unless it overlaps (shares a word with) an already kept one
+that the rule counts as a conflict:
+
+* ``plmarker`` (default; PL-Marker's released NER evaluation): a conflict is an overlap with a kept
+  entity of the *same* type, so the lower-scoring one is dropped; nested or crossing entities of
+  different types are all kept.
+* ``flat``: greedy fully-flat decoding; any overlap is a conflict, whatever the types.
+* ``none``: no conflicts; every entity is kept.
+
+The result is sorted by (start, end, type).
 
 RE label space (``RelationLabelSpace``)
 ---------------------------------------
@@ -53,6 +62,7 @@ import numpy as np
 
 Span = tuple[int, int]
 RE_DECODE_RULES = ("both", "either", "sum")
+NER_OVERLAP_RULES = ("plmarker", "flat", "none")
 
 
 def _overlaps(a: Span, b: Span) -> bool:
@@ -60,13 +70,15 @@ def _overlaps(a: Span, b: Span) -> bool:
 
 
 def decode_ner(spans: list[Span], filter_prob: Optional[np.ndarray], type_probs: np.ndarray,
-               entity_types: Sequence[str], flat: bool = False, filter_threshold: float = 0.5,
+               entity_types: Sequence[str], overlap: str = "plmarker", filter_threshold: float = 0.5,
                use_filter: bool = True) -> list[tuple[int, int, str, float]]:
     """Decode entities ``(start, end, type, score)`` from per-span filter and type probabilities.
 
     ``type_probs`` is [n, 1 + E] with column 0 = none; ``filter_prob`` is [n] (may be None when
     ``use_filter`` is False). See the module docstring for the rules.
     """
+    if overlap not in NER_OVERLAP_RULES:
+        raise ValueError(f"unknown ner overlap rule {overlap!r}; expected one of {NER_OVERLAP_RULES}")
     type_probs = np.asarray(type_probs, dtype=np.float64)
     n = len(spans)
     if type_probs.ndim != 2 or type_probs.shape != (n, 1 + len(entity_types)):
@@ -91,10 +103,11 @@ def decode_ner(spans: list[Span], filter_prob: Optional[np.ndarray], type_probs:
             if span not in best or cand[1] > best[span][1]:
                 best[span] = cand
     ents = [(s, e, t, p) for (s, e), (t, p) in best.items()]
-    if flat:
+    if overlap != "none":
+        same_type_only = overlap == "plmarker"
         accepted: list[tuple[int, int, str, float]] = []
         for ent in sorted(ents, key=lambda x: (-x[3], x[0], x[1], x[2])):
-            if not any(_overlaps(ent[:2], a[:2]) for a in accepted):
+            if not any(_overlaps(ent[:2], a[:2]) and (not same_type_only or a[2] == ent[2]) for a in accepted):
                 accepted.append(ent)
         ents = accepted
     return sorted(ents, key=lambda x: (x[0], x[1], x[2]))

@@ -2,9 +2,10 @@
 
     python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=test
 
-Writes <workdir>/predictions/<split>.jsonl (PURE JSON, what an RE run's `re.entities_from` reads) and
-<workdir>/eval_<split>.json. Decoding settings can be changed without retraining, e.g. to pick the entity
-filter threshold on dev:
+Writes <workdir>/predictions/<split>.jsonl (PURE JSON, what an RE run's `re.entities_from` reads), the settings
+it was decoded with in <workdir>/predictions/<split>.settings.json, and <workdir>/eval_<split>.json. Decoding
+settings can be changed without retraining, e.g. to pick the entity filter threshold on dev (an RE run refuses
+NER dev and test predictions decoded with different settings, so rewrite both splits with the chosen value):
 
     python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=dev --sweep=ner.filter_threshold=0.1,0.2,0.3,0.5
     python -m lai_jax.evaluate --workdir=runs/scierc_ner --split=dev --set=ner.filter_threshold=0.3
@@ -12,6 +13,7 @@ filter threshold on dev:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -21,6 +23,7 @@ from absl import app, flags
 from lai_jax import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
+log = logging.getLogger("lai_jax")
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -31,6 +34,7 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} a lai-jax training workdir?")
     saved = json.loads(path.read_text())
+    _upgrade(saved)
     try:
         config = base_config(saved["dataset"], saved["phase"])
     except (KeyError, ValueError) as e:
@@ -40,6 +44,14 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     if "holdout_seed" not in saved.get("data", {}):  # written when the dev hold-out followed the training seed
         config.data.holdout_seed = config.seed
     return config
+
+
+def _upgrade(saved: dict) -> None:
+    """Renamed fields of older saved configs: ner.flat_ner (bool) is now ner.overlap ("flat" / "none")."""
+    ner = saved.get("ner")
+    if isinstance(ner, dict) and "flat_ner" in ner:
+        flat = ner.pop("flat_ner")
+        ner.setdefault("overlap", "flat" if flat else "none")  # the rule that run was decoded with
 
 
 def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
@@ -58,7 +70,7 @@ def restore_run(workdir: str | Path):
     from lai_jax.steps import bind_steps
     config = load_config(workdir)
     setup = train.build(config)
-    sample = features.stack(train.instances_for(setup, [train.dummy_document()])[:1])
+    sample = features.stack(train.instances_for(setup, [train.dummy_document(setup.labels.entity_types[0])])[:1])
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
     # Only shapes are needed to restore against: eval_shape skips compiling and running the init.
     state = jax.eval_shape(lambda: train.init_state(setup, sample, total_steps=1))
@@ -67,8 +79,8 @@ def restore_run(workdir: str | Path):
 
 
 # Fields that change decoding only, so they may differ from training (`--set`): tune them on dev.
-DECODE_FIELDS = ("ner.filter_threshold", "ner.flat_ner", "re.threshold", "re.re_decode", "re.entities_from",
-                 "per_device_eval_batch_size")
+DECODE_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_decode", "re.entities_from",
+                 "eval.symmetric_count", "per_device_eval_batch_size")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, object]:
@@ -96,6 +108,7 @@ def _restore_split(workdir: str | Path, split: str, overrides: dict | None):
     config = setup.config
     if overrides:
         set_fields(config, **overrides)
+        train.check_choices(config)
     docs = train.load_splits(config, setup.labels)
     key = {config.data.train_split: "train", config.data.dev_split or "dev": "dev", config.data.test_split: "test"}.get(split)
     if key is None:
@@ -111,17 +124,23 @@ def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = Non
     `overrides` ({field: value}, fields from `DECODE_FIELDS`) change decoding; they are recorded in the
     written ``eval_<split>.json`` and also apply to the predictions file it writes.
     """
-    from lai_jax import train
+    from lai_jax import checkpoints, train
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
     pred, result = train.evaluate_docs(runner, state, setup, docs, ents, split)
-    train.write_predictions(Path(workdir) / "predictions" / f"{split}.jsonl", pred)
+    step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()
+    path = Path(workdir) / "predictions" / f"{split}.jsonl"
+    train.write_predictions(path, pred, train.prediction_settings(setup.config, step))
+    try:
+        check_predictions(workdir, setup.config)
+    except ValueError as e:  # allowed (e.g. tuning on dev first), but RE would refuse these files
+        log.warning("%s", e)
     record = {**result, "overrides": dict(overrides)} if overrides else result
     (Path(workdir) / f"eval_{split}.json").write_text(json.dumps(record, indent=2))
     return result
 
 
 # Fields whose values can be compared from one forward pass (`--sweep`).
-SWEEP_FIELDS = ("ner.filter_threshold", "ner.flat_ner", "re.threshold", "re.re_decode")
+SWEEP_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_decode", "eval.symmetric_count")
 
 
 def parse_sweep(item: str) -> tuple[str, list]:
@@ -146,6 +165,7 @@ def sweep_split(workdir: str | Path, split: str, field: str, values: list, overr
     out = []
     for value in values:
         set_fields(setup.config, **{field: value})
+        train.check_choices(setup.config)
         pred = train.decode(setup, docs, instances, probs, ents)
         out.append({"value": value, "result": train.score_docs(setup, docs, pred)})
     record = {"field": field, "overrides": dict(overrides or {}), "runs": out}
@@ -163,11 +183,23 @@ def format_sweep(field: str, runs: list[dict], tasks) -> str:
     return "\n".join(rows)
 
 
+def check_predictions(workdir: str | Path, config: ml_collections.ConfigDict | None = None) -> None:
+    """Refuse a run whose dev and test predictions files were written with different settings."""
+    from lai_jax import train
+    config = config or load_config(workdir)
+    names = dict.fromkeys([config.data.dev_split or "dev", config.data.test_split])
+    train.check_prediction_settings([Path(workdir) / "predictions" / f"{name}.jsonl" for name in names])
+
+
 def ensure_predictions(workdir: str | Path, split: str) -> Path:
-    """The NER run's predictions for `split`, produced from its best checkpoint if not yet written."""
+    """The NER run's predictions for `split`, produced from its best checkpoint if not yet written.
+
+    Raises ValueError when that run's dev and test predictions were written with different settings.
+    """
     path = Path(workdir) / "predictions" / f"{split}.jsonl"
     if not path.exists():
         evaluate_split(workdir, split)
+    check_predictions(workdir)
     return path
 
 

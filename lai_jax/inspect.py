@@ -9,8 +9,10 @@ input id, position id, attention group and, for markers, the candidate slot and 
 ``--json`` prints the same instance as one JSON object (token arrays, candidate spans, marker slots and
 the full T x T partial attention mask of the config's preset, SPEC §4). ``--stats`` featurizes whole
 splits and reports how many candidate slots are filled, how many gold entities are reachable as
-candidates under ``max_span_len`` (and the text budget), and how many sentences ``max_text_len``
-truncates. Only the tokenizer of the config's encoder is loaded, never its weights.
+candidates under ``max_span_len`` (and the text budget), how many sentences exceed ``max_text_len`` and are
+cut into windows, how many gold relations RE cannot see (entities farther apart than the text budget)
+or represent (collapsed slot labels), and how many pairs of gold entities overlap (nested or crossing).
+Only the tokenizer of the config's encoder is loaded, never its weights.
 
 The same functions serve programs and tests: :func:`inspect_instance` and :func:`split_stats`.
 """
@@ -178,6 +180,7 @@ def inspect_instance(config, split: str = "dev", index: int = 0, phase: Optional
         "sentence_index": inst.sent,
         "words": list(sent.words),
         "part": [same_sentence.index(index), len(same_sentence)],  # this instance's chunk of its sentence
+        "window": list(map(int, inst.window or (0, len(sent.words)))),  # its sentence words [lo, hi) as text core
         "seq_len": T,
         "num_slots": num_slots,
         "filled_slots": k,
@@ -202,8 +205,8 @@ def inspect_instance(config, split: str = "dev", index: int = 0, phase: Optional
 
 
 def _word_tokens(config, featurizer: features.Featurizer, doc, inst: features.Instance) -> list:
-    """Per sentence word, [first, last] token index of its wordpieces in the instance (null if cut off)."""
-    sp = featurizer.sentence_pieces(featurizer.word_pieces(doc), inst.sent, config.max_text_len)
+    """Per sentence word, [first, last] token index of its wordpieces in the instance (null outside its window)."""
+    sp = featurizer.sentence_pieces(featurizer.word_pieces(doc), inst.sent, config.max_text_len, inst.window)
     if inst.subject is None:
         def shifted(p):
             return 1 + p
@@ -226,7 +229,8 @@ def format_instance(info: dict) -> str:
     lines = [
         f"{info['dataset']} {info['split']} {info['phase'].upper()} instance {info['index']} of "
         f"{info['num_instances']} (part {info['part'][0] + 1}/{info['part'][1]} of its sentence)",
-        f"doc_key: {info['doc_key']}   sentence: {info['sentence_index']}   words: {len(words)}",
+        f"doc_key: {info['doc_key']}   sentence: {info['sentence_index']}   words: {len(words)}"
+        + ("" if info["window"] == [0, len(words)] else f"   window: words {info['window'][0]}..{info['window'][1] - 1}"),
         f"sentence: {' '.join(words)}",
         f"T = {T}   filled slots: {k}/{info['num_slots']}   attention: {info['attention_preset']} "
         f"(rows TEXT/ANNO/MARKER see columns: {info['visibility']})",
@@ -278,11 +282,34 @@ def _pct(num: int, den: int) -> Optional[float]:
     return round(100.0 * num / den, 2) if den else None
 
 
-def split_stats(config, splits: Sequence[str] = SPLITS) -> dict:
-    """Per split: NER candidate statistics (from `Featurizer.ner_instances`) with percentages.
+def overlap_stats(docs) -> dict:
+    """Pairs of distinct gold entities of one sentence that share a word (nested or crossing; the same span
+    with two types counts too): ``overlapping_pairs``, and ``overlapping_same_type`` among them. Flat decoding
+    (``ner.overlap=flat``) can get at most one entity of each such pair right."""
+    pairs = same = 0
+    for doc in docs:
+        for sent in doc.sentences:
+            ents = sorted({(e.start, e.end, e.type) for e in sent.entities})
+            for i, a in enumerate(ents):
+                for b in ents[i + 1:]:
+                    if a[0] <= b[1] and b[0] <= a[1]:
+                        pairs += 1
+                        same += a[2] == b[2]
+    return {"overlapping_pairs": pairs, "overlapping_same_type": same}
 
-    Keys per split: sentences, instances, slots, filled, filled_pct, gold, reachable, reachable_pct,
-    truncated, truncated_pct (percentages are null where the denominator is 0).
+
+def split_stats(config, splits: Sequence[str] = SPLITS) -> dict:
+    """Per split: NER candidate statistics (`Featurizer.ner_instances`) and what RE training can see of the
+    gold relations (`Featurizer.relation_stats`), with percentages.
+
+    Keys per split: sentences, instances, slots, filled, filled_pct, gold, reachable, reachable_pct, too_long
+    (gold entities over max_span_len words), windowed, windowed_pct (sentences over max_text_len, cut into
+    windows), long_words (words over max_text_len wordpieces, shortened), spans_unreachable (spans of
+    <= max_span_len words over max_text_len wordpieces), relations, relations_unreachable (entities farther
+    apart than max_text_len), relations_unrepresented (no slot label carries them: a third relation on one
+    entity pair), relation_multi_pairs (entity pairs with several gold relations). Percentages are null where
+    the denominator is 0. And the gold entity overlaps of :func:`overlap_stats`:
+    overlapping_pairs, overlapping_same_type.
     """
     splits = [_canonical_split(config, s) for s in splits]
     featurizer, labels = make_featurizer(config)
@@ -293,7 +320,11 @@ def split_stats(config, splits: Sequence[str] = SPLITS) -> dict:
         s = {k: int(v) for k, v in s.items()}
         s["filled_pct"] = _pct(s["filled"], s["slots"])
         s["reachable_pct"] = _pct(s["reachable"], s["gold"])
-        s["truncated_pct"] = _pct(s["truncated"], s["sentences"])
+        s["windowed_pct"] = _pct(s["windowed"], s["sentences"])
+        r = featurizer.relation_stats(docs[split])
+        s.update(relations=r["relations"], relations_unreachable=r["unreachable"],
+                 relations_unrepresented=r["unrepresented"], relation_multi_pairs=r["multi_pairs"])
+        s.update(overlap_stats(docs[split]))
         out[split] = s
     return out
 
@@ -308,20 +339,33 @@ def format_stats(config, stats: dict) -> str:
     lines = [f"{config.dataset}{fold}: C = max_text_len {config.max_text_len}, L = max_span_len {config.max_span_len}, "
              f"K = max_candidates {config.max_candidates}, NER T = {featurizer.seq_len('ner')}"]
     header = ("split", "sentences", "instances", "candidate slots filled", "gold entities reachable",
-              "texts truncated")
+              "entities > L words", "texts windowed", "relations unreachable", "RE labels collapsed")
     rows = [header]
     for split, s in stats.items():
-        trunc = "-" if s["truncated_pct"] is None else f"{s['truncated_pct']:.2f}%"
+        windowed = "-" if s["windowed_pct"] is None else f"{s['windowed_pct']:.2f}%"
         rows.append((split, str(s["sentences"]), str(s["instances"]),
                      with_pct(s["filled"], s["slots"], s["filled_pct"]),
-                     with_pct(s["reachable"], s["gold"], s["reachable_pct"]),
-                     f"{s['truncated']} ({trunc})"))
+                     with_pct(s["reachable"], s["gold"], s["reachable_pct"]), str(s["too_long"]),
+                     f"{s['windowed']} ({windowed})", f"{s['relations_unreachable']}/{s['relations']}",
+                     f"{s['relations_unrepresented']} (multi-relation pairs {s['relation_multi_pairs']})"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for n, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    lines.append("overlapping gold entity pairs (of them same type): " + ", ".join(
+        f"{split} {s['overlapping_pairs']} ({s['overlapping_same_type']})" for split, s in stats.items()
+        if "overlapping_pairs" in s))
+    notes = []
+    if any(s["spans_unreachable"] or s["long_words"] for s in stats.values()):
+        notes.append("spans of <= L words over C wordpieces (never candidates): " + ", ".join(
+            f"{split} {s['spans_unreachable']}" for split, s in stats.items())
+            + "; words over C wordpieces (shown by their first C): " + ", ".join(
+            f"{split} {s['long_words']}" for split, s in stats.items()))
+    notes.append("relations unreachable: their entities are farther apart than C wordpieces. RE labels collapsed: "
+                 "gold relations no slot label carries (a third relation on one entity pair); of a multi-relation "
+                 "pair, re_decode 'both' or 'sum' can output at most one relation.")
+    return "\n".join(lines + notes)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -339,8 +383,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("json", False, "Print one JSON object instead of tables (the instance, or the statistics "
                       "keyed by split).")
     flags.DEFINE_bool("stats", False, "Print per-split statistics (sentences, instances, filled candidate slots, "
-                      "gold entities reachable under max_span_len, texts truncated by max_text_len) instead of an "
-                      "instance.")
+                      "gold entities reachable under max_span_len, texts windowed by max_text_len, gold relations "
+                      "unreachable or collapsed) instead of an instance.")
     flags.mark_flags_as_required(["config"])
 
 

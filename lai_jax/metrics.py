@@ -16,8 +16,14 @@ Definitions
 * **Symmetric relation types** (``relation_symmetric[type]`` is True): (a, b, r) and (b, a, r) are the
   same relation. Both gold and predicted relations are normalised to span order (the smaller
   (start, end) first; for RE+ the argument types are swapped with their spans) and deduplicated, so a
-  symmetric relation annotated or predicted in both directions counts once, and one predicted in the
+  symmetric relation annotated or predicted in both directions is one relation, and one predicted in the
   reverse order of the gold annotation is correct. Types absent from the dict are asymmetric.
+  ``symmetric_count`` says how many items such a relation is worth: ``"both"`` (default, PL-Marker's
+  released evaluation, whose numbers Table 1 compares against) counts it twice, once per direction, in
+  the gold count, the predicted count and the hits alike; ``"once"`` counts it once. Asymmetric types
+  count once either way. (So "both" weights symmetric types double in micro scores; per-type P / R / F1,
+  and hence macro scores, are the same under both.) A relation whose head and tail are the same span
+  counts once.
 * **Duplicates**: items are sets per (doc_key, sentence index); a duplicated prediction (or gold
   annotation) counts once.
 * **Recall** always counts every gold item; nothing is filtered (e.g. entities longer than the model's
@@ -37,6 +43,7 @@ from typing import Hashable, Iterable, Optional, Sequence
 
 from lai_jax.data.documents import Document, Sentence
 
+SYMMETRIC_COUNTS = ("both", "once")
 _MISSING_PRED = ("<no predicted entity>",)
 _MISSING_GOLD = ("<no gold entity>",)
 
@@ -80,17 +87,21 @@ def _ner_items(sent: Sentence) -> set[tuple]:
     return {(e.type, e.start, e.end) for e in sent.entities}
 
 
-def _re_items(sent: Sentence, symmetric: dict[str, bool], strict: bool, missing: tuple) -> set[tuple]:
+def _re_items(sent: Sentence, symmetric: dict[str, bool], strict: bool, missing: tuple,
+              both_directions: bool = False) -> set[tuple]:
     types = _span_types(sent, missing) if strict else None
     items = set()
     for rel in sent.relations:
         head, tail = tuple(rel.head), tuple(rel.tail)
-        if symmetric.get(rel.type, False) and tail < head:
+        sym = symmetric.get(rel.type, False)
+        if sym and tail < head:
             head, tail = tail, head
-        if strict:
-            items.add((rel.type, head, types[head], tail, types[tail]))
-        else:
-            items.add((rel.type, head, tail))
+        # "both": the normalised relation also stands for its reverse, a second item (never a duplicate).
+        for h, t in ((head, tail), (tail, head)) if sym and both_directions else ((head, tail),):
+            if strict:
+                items.add((rel.type, h, types[h], t, types[t]))
+            else:
+                items.add((rel.type, h, t))
     return items
 
 
@@ -150,13 +161,17 @@ def _summarise(gold_items: Iterable[tuple], pred_items: Iterable[tuple]) -> dict
 
 
 def score(gold: list[Document], pred: list[Document],
-          relation_symmetric: Optional[dict[str, bool]] = None) -> dict:
+          relation_symmetric: Optional[dict[str, bool]] = None, symmetric_count: str = "both") -> dict:
     """Score predicted documents against gold ones.
 
+    ``symmetric_count``: "both" or "once", how many items a symmetric relation counts (module docstring).
     Returns ``{"ner"|"re"|"re+": {"micro": {p, r, f1, tp, n_pred, n_gold}, "macro": {p, r, f1},
     "per_type": {type: {p, r, f1, tp, n_pred, n_gold}}}}`` (fractions, not percentages).
     Raises ValueError (naming the document) when doc keys or sentence counts differ.
     """
+    if symmetric_count not in SYMMETRIC_COUNTS:
+        raise ValueError(f"symmetric_count must be one of {SYMMETRIC_COUNTS}, got {symmetric_count!r}")
+    both = symmetric_count == "both"
     symmetric = dict(relation_symmetric or {})
     items: dict[str, tuple[list, list]] = {"ner": ([], []), "re": ([], []), "re+": ([], [])}
     for key, i, gs, ps in _pair_documents(gold, pred):
@@ -166,10 +181,10 @@ def score(gold: list[Document], pred: list[Document],
 
         items["ner"][0].extend(loc(_ner_items(gs)))
         items["ner"][1].extend(loc(_ner_items(ps)))
-        items["re"][0].extend(loc(_re_items(gs, symmetric, False, _MISSING_GOLD)))
-        items["re"][1].extend(loc(_re_items(ps, symmetric, False, _MISSING_PRED)))
-        items["re+"][0].extend(loc(_re_items(gs, symmetric, True, _MISSING_GOLD)))
-        items["re+"][1].extend(loc(_re_items(ps, symmetric, True, _MISSING_PRED)))
+        items["re"][0].extend(loc(_re_items(gs, symmetric, False, _MISSING_GOLD, both)))
+        items["re"][1].extend(loc(_re_items(ps, symmetric, False, _MISSING_PRED, both)))
+        items["re+"][0].extend(loc(_re_items(gs, symmetric, True, _MISSING_GOLD, both)))
+        items["re+"][1].extend(loc(_re_items(ps, symmetric, True, _MISSING_PRED, both)))
     return {task: _summarise(g_items, p_items) for task, (g_items, p_items) in items.items()}
 
 

@@ -35,10 +35,11 @@ class HeadConfig:
     use_annotations: bool = True  # annotation segment; without it there is no G4CN either
     visibility: tuple = ()  # 4x4 group table from masks.visibility_table, as nested tuples
     partner_only: bool = False  # PL-Marker rule: a marker sees only itself and its partner among markers
-    gcn_zero_init: bool = True  # G4CN's last projection starts at 0, so H~ = H/2 at init (see LAIHeads)
+    gcn_zero_init: bool = False  # G4CN's last projection starts at 0 (H~ = H/2 at init)
     filter_gate_threshold: float = 0.5  # filter probability above which a span reaches the classifier in training
     classifier_keeps_gold: bool = False  # the classifier also trains on gold spans the filter misses
     filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
+    span_loss_norm: str = "candidates"  # L_span divided by the kept spans ("kept", paper) or all real candidates
 
 
 def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
@@ -139,7 +140,7 @@ def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray, head: Optiona
     else:
         keep = real
     sums["span"] = jnp.sum(_xent(out["logits"], labels) * keep)
-    counts["span"] = jnp.sum(keep)
+    counts["span"] = jnp.sum(real) if head.span_loss_norm == "candidates" else jnp.sum(keep)
     return sums, counts
 
 

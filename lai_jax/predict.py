@@ -33,18 +33,14 @@ Output: JSON lines, one object per document, in input order::
 For JSON input ``text`` is the span's words joined by single spaces. Character offsets count Unicode code
 points (Python string indices), not bytes. Entities are listed by sentence, then (start, end).
 
-Long sentences: a sentence whose wordpieces exceed ``max_text_len`` (the smaller of the NER and RE
-configs') is cut into overlapping windows of whole words (``plan_windows``); each window fits the budget
-and consecutive windows share 2 * max_span_len words (at least max_span_len - 1), so every word is
-covered and every candidate span of at most ``max_span_len`` words lies wholly inside some window: no
-word and no span is dropped. Each span is scored in the window where it is most central (most words of
-context on its nearer side; ties: the earlier window), so every span is scored exactly once and decoding
-is the one of an ordinary sentence. An entity pair is classified in the window most central to the pair;
-a pair that no single window contains (the two entities are further apart than a window) gets no
-relation. A sentence with more candidate spans than ``max_candidates`` needs no window: the featurizer
-already spreads its candidates over several instances. A single word with more wordpieces than the budget
-(a long URL or hash) is shown to the model by its longest prefix that fits; the output keeps the whole
-word.
+Long sentences: the featurizer's windows serve prediction as they serve training and evaluation
+(:mod:`lai_jax.data.features`). A sentence whose wordpieces exceed ``max_text_len`` is cut into
+overlapping windows of whole words that together hold every candidate span of at most ``max_span_len``
+words, each span scored exactly once (in the window where it is most central), so no word and no span is
+dropped and decoding is the one of an ordinary sentence. An entity pair is classified in a window of each
+entity's that holds both; a pair whose words from one entity to the other exceed ``max_text_len`` gets no
+relation. A single word with more wordpieces than the budget (a long URL or hash) is shown to the model
+by its first ``max_text_len`` wordpieces; the output keeps the whole word.
 """
 from __future__ import annotations
 
@@ -55,8 +51,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-import numpy as np
 
 from lai_jax import text as text_lib
 from lai_jax.data.documents import DataError, Document, Entity, Sentence
@@ -189,190 +183,6 @@ def read_input(path: str, fmt: str = "auto") -> list[InputDoc]:
     return parse_input(content, name, fmt)
 
 
-# ---------------------------------------------------------------------------------------------- windows
-def plan_windows(piece_counts: Sequence[int], budget: int, max_span_len: int) -> list[tuple[int, int]]:
-    """Word windows [lo, hi) of a sentence: each fits `budget` wordpieces, together they cover every word.
-
-    Consecutive windows share ``2 * max_span_len`` words (fewer for windows of under 4 * max_span_len
-    words, but at least ``max_span_len - 1`` unless the pieces of that overlap plus the next word exceed
-    the budget), and each window reaches further than the one before. So every word is covered, there
-    are at most as many windows as words, and each span of at most ``max_span_len`` words whose pieces fit
-    the budget lies wholly inside some window. The last window is stretched backwards to use the whole
-    budget. A count above ``budget`` is treated as ``budget`` (the caller shortens such words).
-    """
-    if budget < 1:
-        raise ValueError(f"budget must be positive, got {budget}")
-    counts = [min(max(int(c), 1), budget) for c in piece_counts]
-    n = len(counts)
-    if sum(counts) <= budget:
-        return [(0, n)] if n else []
-    min_overlap = max(max_span_len - 1, 0)
-    windows: list[tuple[int, int]] = []
-    lo = 0
-    while True:
-        hi, total = lo, 0
-        while hi < n and total + counts[hi] <= budget:
-            total += counts[hi]
-            hi += 1
-        if hi == n:
-            while lo > 0 and total + counts[lo - 1] <= budget:
-                lo -= 1
-                total += counts[lo]
-            windows.append((lo, n))
-            return windows
-        windows.append((lo, hi))
-        overlap = max(min_overlap, min(2 * max_span_len, (hi - lo) // 2))
-        lo = max(lo + 1, hi - overlap)
-        # The next window must take in word `hi`: drop overlap that would leave it no room. (A span
-        # starting before the new `lo` and reaching `hi` has more pieces than the budget anyway.)
-        total = sum(counts[lo:hi + 1])
-        while total > budget:
-            total -= counts[lo]
-            lo += 1
-
-
-def centrality(lo: int, hi: int, start: int, end: int) -> int:
-    """Words of context between the span [start, end] and the nearer edge of the window [lo, hi)."""
-    return min(start - lo, hi - 1 - end)
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    doc: int  # index of the input document
-    sent: int  # sentence index in it
-    lo: int  # first word (sentence-level)
-    hi: int  # one past the last word
-
-
-def _piece_counts(tok, words: list[str]) -> list[int]:
-    """Wordpieces per word, as Featurizer.word_pieces counts them (an empty word counts as [UNK])."""
-    enc = tok(list(words), is_split_into_words=True, add_special_tokens=False)
-    counts = [0] * len(words)
-    for wid in enc.word_ids():
-        if wid is not None:
-            counts[wid] += 1
-    return [max(c, 1) for c in counts]
-
-
-def _fit_word(word: str, tokenizers: Sequence[Any], budget: int) -> str:
-    """The longest prefix of `word` whose wordpieces fit `budget` under every tokenizer."""
-    def fits(w: str) -> bool:
-        return all(len(t(w, add_special_tokens=False)["input_ids"]) <= budget for t in tokenizers)
-    lo, hi = 1, len(word)  # fits(word[:lo]) assumed: one character is at most a few pieces
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(word[:mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return word[:lo] if fits(word[:lo]) else (getattr(tokenizers[0], "unk_token", None) or word[:1])
-
-
-def windowed_documents(docs: Sequence[Document], tokenizers: Sequence[Any], budget: int, max_span_len: int
-                       ) -> tuple[list[Document], list[list[Window]]]:
-    """Model documents in which every over-long sentence is replaced by its windows (in order).
-
-    Returns the documents (those without words are left out) and, per model document and model sentence,
-    the Window it stands for. Windows of one sentence are consecutive sentences of the model document, so
-    the featurizer's document context around them stays what it would be.
-    """
-    model_docs: list[Document] = []
-    wmap: list[list[Window]] = []
-    for d, doc in enumerate(docs):
-        sentences: list[Sentence] = []
-        windows: list[Window] = []
-        for s, sent in enumerate(doc.sentences):
-            if not sent.words:
-                continue
-            per_tok = [_piece_counts(t, sent.words) for t in tokenizers]
-            counts = [max(cs) for cs in zip(*per_tok)]
-            words = [_fit_word(w, tokenizers, budget) if c > budget else w for w, c in zip(sent.words, counts)]
-            for lo, hi in plan_windows(counts, budget, max_span_len):
-                sentences.append(Sentence(words[lo:hi]))
-                windows.append(Window(d, s, lo, hi))
-        if sentences:
-            model_docs.append(Document(doc.doc_key, sentences))
-            wmap.append(windows)
-    return model_docs, wmap
-
-
-# --------------------------------------------------------------------------------------------- decoding
-def decode_ner_windows(setup, docs: Sequence[Document], wmap: list[list[Window]], instances, probs
-                       ) -> list[list[list[EntityPred]]]:
-    """NER outputs on windows -> entities with scores per input document and sentence.
-
-    Same rule as train.decode (decoding.decode_ner over all candidates of a sentence), after keeping for
-    each sentence-level span only the scores from the window where it is most central.
-    """
-    from lai_jax import decoding
-    c = setup.config
-    tables: dict[tuple[int, int], dict[tuple[int, int], tuple[int, float, np.ndarray]]] = {}
-    for inst, p in zip(instances, probs):
-        w = wmap[inst.doc][inst.sent]
-        k = len(inst.spans)
-        fp = p["filter_prob"][:k] if "filter_prob" in p else np.ones(k, np.float32)
-        tp = p["type_probs"][:k]
-        table = tables.setdefault((w.doc, w.sent), {})
-        for slot, (a, b) in enumerate(inst.spans):
-            span = (a + w.lo, b + w.lo)
-            score = centrality(w.lo, w.hi, *span)
-            if span not in table or score > table[span][0]:
-                table[span] = (score, float(fp[slot]), tp[slot])
-    out: list[list[list[EntityPred]]] = [[[] for _ in doc.sentences] for doc in docs]
-    for (d, s), table in tables.items():
-        spans = sorted(table)
-        if not spans:
-            continue
-        found = decoding.decode_ner(spans, np.array([table[x][1] for x in spans]),
-                                    np.stack([table[x][2] for x in spans]), setup.labels.entity_types,
-                                    flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
-                                    use_filter=c.model.use_filter)
-        out[d][s] = [(int(a), int(b), t, float(score)) for a, b, t, score in found]
-    return out
-
-
-def window_entities(entities: list[list[list[EntityPred]]], wmap: list[list[Window]]
-                    ) -> list[list[list[Entity]]]:
-    """entities[d][s] -> per model document and window, the entities wholly inside it (window coordinates)."""
-    return [[[Entity(a - w.lo, b - w.lo, t) for a, b, t, _ in entities[w.doc][w.sent] if w.lo <= a and b < w.hi]
-             for w in windows] for windows in wmap]
-
-
-def decode_re_windows(setup, docs: Sequence[Document], wmap: list[list[Window]],
-                      entities: list[list[list[EntityPred]]], instances, probs) -> list[list[list[RelationPred]]]:
-    """RE outputs on windows -> relations with scores per input document and sentence.
-
-    Same rule as train.decode (decoding.decode_relations per sentence), taking each ordered pair's
-    probabilities from the window most central to the pair (both directions then come from one window).
-    """
-    from lai_jax import decoding
-    c = setup.config
-    index = {}
-    for d, sents in enumerate(entities):
-        for s, ents in enumerate(sents):
-            index[(d, s)] = {(a, b): i for i, (a, b, _, _) in enumerate(ents)}
-    tables: dict[tuple[int, int], dict[tuple[int, int], tuple[int, np.ndarray]]] = {}
-    for inst, p in zip(instances, probs):
-        w = wmap[inst.doc][inst.sent]
-        idx = index[(w.doc, w.sent)]
-        subj = (inst.subject[0] + w.lo, inst.subject[1] + w.lo)
-        table = tables.setdefault((w.doc, w.sent), {})
-        for slot, (a, b) in enumerate(inst.spans):
-            obj = (a + w.lo, b + w.lo)
-            score = centrality(w.lo, w.hi, min(subj[0], obj[0]), max(subj[1], obj[1]))
-            pair = (idx[subj], idx[obj])
-            if pair not in table or score > table[pair][0]:
-                table[pair] = (score, p["type_probs"][slot])
-    out: list[list[list[RelationPred]]] = [[[] for _ in doc.sentences] for doc in docs]
-    for (d, s), table in tables.items():
-        spans = [(a, b) for a, b, _, _ in entities[d][s]]
-        triples = decoding.decode_relations(spans, {pair: v[1] for pair, v in table.items()},
-                                            setup.featurizer.rel_space, rule=c.re.re_decode,
-                                            threshold=c.re.threshold)
-        out[d][s] = [(tuple(map(int, h)), tuple(map(int, t)), r, float(score)) for h, t, r, score in triples]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- output
 def _round(x: float) -> float:
     return round(float(x), 6)
@@ -435,8 +245,8 @@ def _restore(workdir: str, batch_size: Optional[int]):
 def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: Optional[str] = None,
                       batch_size: Optional[int] = None) -> list[dict]:
     """Run NER (and RE) on the documents; one output object per input document, in order."""
-    from lai_jax import encoder as encoder_lib, train
-    ner_config = check_workdir(ner_workdir, "ner")
+    from lai_jax import train
+    check_workdir(ner_workdir, "ner")
     re_config = check_workdir(re_workdir, "re") if re_workdir else None
     docs = [inp.doc for inp in inputs]
     entities: list[list[list[EntityPred]]] = [[[] for _ in d.sentences] for d in docs]
@@ -445,29 +255,26 @@ def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: 
         return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
 
     setup, runner, state = _restore(ner_workdir, batch_size)
-    tokenizers = [setup.tokenizer]
-    budget, span_len = int(ner_config.max_text_len), int(ner_config.max_span_len)
-    if re_config is not None:
-        budget = min(budget, int(re_config.max_text_len))
-        if re_config.encoder != ner_config.encoder:
-            tokenizers.append(encoder_lib.load_tokenizer(re_config.encoder))
-    model_docs, wmap = windowed_documents(docs, tokenizers, budget, span_len)
-    n_sent = sum(len(d.sentences) for d in docs)
-    n_windowed = len({(w.doc, w.sent) for ws in wmap for w in ws if w.lo > 0})
-    instances = setup.featurizer.ner_instances(model_docs, with_labels=False)[0]
+    instances, stats = setup.featurizer.ner_instances(docs, with_labels=False)
     log.info("NER: %d documents, %d sentences (%d split into windows of <= %d wordpieces), %d instances",
-             len(docs), n_sent, n_windowed, budget, len(instances))
+             len(docs), stats["sentences"], stats["windowed"], setup.config.max_text_len, len(instances))
+    if stats["long_words"]:
+        log.info("NER: %d words longer than %d wordpieces are shown by their first %d", stats["long_words"],
+                 setup.config.max_text_len, setup.config.max_text_len)
     probs = train.run_eval(runner, state, setup, instances, "ner")
-    entities = decode_ner_windows(setup, docs, wmap, instances, probs)
+    entities = [[[(e.start, e.end, e.type, float(e.score)) for e in sent.entities] for sent in doc.sentences]
+                for doc in train.decode(setup, docs, instances, probs)]
     del setup, runner, state, instances, probs
     log.info("NER: %d entities", sum(len(e) for d in entities for e in d))
 
     if re_config is not None and any(e for sents in entities for e in sents):
         setup, runner, state = _restore(re_workdir, batch_size)
-        instances = setup.featurizer.re_instances(model_docs, window_entities(entities, wmap))
+        found = [[[Entity(a, b, t, score) for a, b, t, score in sent] for sent in doc] for doc in entities]
+        instances = setup.featurizer.re_instances(docs, found)
         log.info("RE: %d instances", len(instances))
         probs = train.run_eval(runner, state, setup, instances, "re") if instances else []
-        relations = decode_re_windows(setup, docs, wmap, entities, instances, probs)
+        relations = [[[(tuple(r.head), tuple(r.tail), r.type, float(r.score)) for r in sent.relations]
+                      for sent in doc.sentences] for doc in train.decode(setup, docs, instances, probs, found)]
         log.info("RE: %d relations", sum(len(r) for d in relations for r in d))
     return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
 

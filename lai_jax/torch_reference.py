@@ -238,7 +238,8 @@ def _xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def ner_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], use_gold_filter: bool
              ) -> tuple[dict, dict]:
-    """`lai_jax.models.ner_loss`: L_filter and L_span as (sums, counts) over real candidates."""
+    """`lai_jax.models.ner_loss` at its defaults: L_filter and L_span as (sums, counts); both counts are the
+    real candidates (`span_loss_norm="candidates"`), the gate is the filter's 0.5 decision."""
     real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
     labels = batch["labels"]
     is_entity = labels > 0
@@ -251,7 +252,7 @@ def ner_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
     else:
         keep = real
     sums["span"] = (_xent(out["logits"], labels) * keep).sum()
-    counts["span"] = keep.sum()
+    counts["span"] = real.sum()
     return sums, counts
 
 

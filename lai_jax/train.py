@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lai_jax import checkpoints, decoding, encoder as encoder_lib, metrics as metrics_lib
+from lai_jax import checkpoints, decoding, encoder as encoder_lib, input_pipeline, metrics as metrics_lib
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import LabelSet, load_labels
@@ -42,7 +42,7 @@ def load_docs(config, split: str, labels: LabelSet) -> list[Document]:
     ds = config.dataset
     if config.data.use_tfds and (ds in BUNDLED and not config.data.dir or ds == "ace05"):
         docs = tfds_builders.load_split(ds, split, data_dir=config.data.tfds_dir or None, fold=config.data.fold,
-                                        manual_dir=config.data.dir or None)
+                                        manual_dir=config.data.dir or None, labels_path=labels_path(config))
     else:
         root = Path(config.data.dir) if config.data.dir else DATA_ROOT / ds
         docs = readers.read_documents(_split_file(root, ds, split, config.data.fold), labels)
@@ -58,9 +58,9 @@ def _split_file(root: Path, dataset: str, split: str, fold: int) -> Path:
     return candidates[0]  # the reader reports the missing file by name
 
 
-def dummy_document() -> Document:
-    """A two-word sentence with two entities: enough to trace shapes for either phase."""
-    return Document("dummy", [Sentence(["a", "b"], [Entity(0, 0, "?"), Entity(1, 1, "?")])])
+def dummy_document(entity_type: str) -> Document:
+    """A two-word sentence with two entities (of a type the label file knows): enough to trace shapes."""
+    return Document("dummy", [Sentence(["a", "b"], [Entity(0, 0, entity_type), Entity(1, 1, entity_type)])])
 
 
 def limit_sentences(docs: list[Document], limit: int) -> list[Document]:
@@ -114,7 +114,17 @@ def feature_config(config) -> features.FeatureConfig:
                                   use_annotations=config.use_annotations)
 
 
+def check_choices(config) -> None:
+    """Fail early (not after training) on a decoding or scoring field with an unknown value."""
+    for key, value, choices in (("ner.overlap", config.ner.overlap, decoding.NER_OVERLAP_RULES),
+                                ("re.re_decode", config.re.re_decode, decoding.RE_DECODE_RULES),
+                                ("eval.symmetric_count", config.eval.symmetric_count, metrics_lib.SYMMETRIC_COUNTS)):
+        if value not in choices:
+            raise ValueError(f"config {key}={value!r}: expected one of {', '.join(choices)}")
+
+
 def build(config) -> Setup:
+    check_choices(config)
     labels = load_labels(labels_path(config))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
     enc, enc_params, tokenizer = encoder_lib.load(config.encoder, dtype=dtype, remat=config.model.remat)
@@ -141,7 +151,8 @@ def build(config) -> Setup:
                       gcn_zero_init=config.model.gcn_zero_init,
                       filter_gate_threshold=config.model.filter_gate_threshold,
                       classifier_keeps_gold=config.model.classifier_keeps_gold,
-                      filter_pos_weight=config.model.filter_pos_weight)
+                      filter_pos_weight=config.model.filter_pos_weight,
+                      span_loss_norm=config.model.span_loss_norm)
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 
@@ -161,15 +172,18 @@ def instances_for(setup: Setup, docs: Sequence[Document], entities=None) -> list
     return setup.featurizer.re_instances(docs, entities)
 
 
-def run_eval(runner: Runner, state, setup: Setup, instances: list[features.Instance], desc: str) -> list[dict]:
-    """Probabilities per instance (host numpy), batched with static shapes and zero-weight padding."""
+def run_eval(runner: Runner, state, setup: Setup, instances: list[features.Instance], desc: str,
+             buckets: Sequence[int] = ()) -> list[dict]:
+    """Probabilities per instance (host numpy), batched by length bucket with zero-weight padding."""
     batch_size = setup.config.per_device_eval_batch_size * runner.n
-    out: list[dict] = []
-    n_batches = math.ceil(len(instances) / batch_size)
-    for batch, chunk in tqdm(features.iter_batches(instances, batch_size), total=n_batches, desc=desc,
-                             leave=False, disable=None):
+    buckets = tuple(buckets) or (setup.featurizer.seq_len(setup.config.phase),)
+    out: list[Optional[dict]] = [None] * len(instances)
+    n_batches = math.ceil(len(instances) / batch_size) + len(buckets) - 1
+    for batch, chunk in tqdm(input_pipeline.eval_batches(instances, buckets, batch_size), total=n_batches,
+                             desc=desc, leave=False, disable=None):
         probs = runner.eval(state, batch)
-        out.extend({k: v[i] for k, v in probs.items()} for i in range(len(chunk)))
+        for row, i in enumerate(chunk):
+            out[i] = {k: v[row] for k, v in probs.items()}
     return out
 
 
@@ -189,7 +203,7 @@ def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Inst
             acc[2].append(p["type_probs"][:k])
         for (d, s), (spans, fp, tp) in per_sent.items():
             found = decoding.decode_ner(spans, np.concatenate(fp), np.concatenate(tp), setup.labels.entity_types,
-                                        flat=c.ner.flat_ner, filter_threshold=c.ner.filter_threshold,
+                                        overlap=c.ner.overlap, filter_threshold=c.ner.filter_threshold,
                                         use_filter=c.model.use_filter)
             pred[d].sentences[s].entities = [Entity(a, b, t, float(p)) for a, b, t, p in found]
         return pred
@@ -213,17 +227,18 @@ def decode(setup: Setup, docs: Sequence[Document], instances: list[features.Inst
     return pred
 
 
-def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], entities=None, desc: str = "eval"
-                  ) -> tuple[list[Document], dict]:
+def evaluate_docs(runner: Runner, state, setup: Setup, docs: list[Document], entities=None, desc: str = "eval",
+                  buckets: Sequence[int] = ()) -> tuple[list[Document], dict]:
     instances = instances_for(setup, docs, entities)
-    probs = run_eval(runner, state, setup, instances, desc)
+    probs = run_eval(runner, state, setup, instances, desc, buckets)
     pred = decode(setup, docs, instances, probs, entities)
     return pred, score_docs(setup, docs, pred)
 
 
 def score_docs(setup: Setup, gold: list[Document], pred: list[Document]) -> dict:
-    """`metrics.score` with the label set's symmetric relations."""
-    return metrics_lib.score(gold, pred, dict(zip(setup.labels.relation_types, setup.labels.symmetric)))
+    """`metrics.score` with the label set's symmetric relations, counted as `eval.symmetric_count` says."""
+    return metrics_lib.score(gold, pred, dict(zip(setup.labels.relation_types, setup.labels.symmetric)),
+                             symmetric_count=setup.config.eval.symmetric_count)
 
 
 def headline_f1(setup: Setup, result: dict) -> float:
@@ -237,9 +252,9 @@ def predicted_entities(config, split: str, docs: list[Document]):
     if not config.re.entities_from:
         return None
     from lai_jax.evaluate import ensure_predictions
-    path = ensure_predictions(config.re.entities_from, split_name(config, split))
+    path = ensure_predictions(config.re.entities_from, split_name(config, split))  # also checks dev/test settings
     from lai_jax.data.readers import read_pure
-    by_key = {doc.doc_key: doc for doc in read_pure(path)}
+    by_key = {doc.doc_key: doc for doc in read_pure(path, load_labels(labels_path(config)))}
     out = []
     for doc in docs:
         if doc.doc_key not in by_key:
@@ -253,13 +268,70 @@ def split_name(config, split: str) -> str:
     return {"train": config.data.train_split, "dev": config.data.dev_split or "dev", "test": config.data.test_split}[split]
 
 
-def write_predictions(path: Path, docs: list[Document]) -> None:
+# Config fields that decide what a phase's predictions file holds besides the checkpoint (see `write_predictions`).
+PREDICTION_FIELDS = {"ner": ("model.use_filter", "ner.filter_threshold", "ner.overlap"),
+                     "re": ("re.entities_from", "re.re_decode", "re.threshold")}
+
+
+def prediction_settings(config, checkpoint_step: Optional[int]) -> dict:
+    """The settings recorded with a predictions file: phase, checkpoint step and the phase's decoding fields."""
+    out: dict[str, Any] = {"phase": config.phase, "checkpoint_step": checkpoint_step}
+    for key in PREDICTION_FIELDS[config.phase]:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+def settings_path(path: Path) -> Path:
+    """predictions/<split>.jsonl -> predictions/<split>.settings.json"""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".jsonl") + ".settings.json")
+
+
+def write_predictions(path: Path, docs: list[Document], settings: Optional[dict] = None) -> None:
+    """PURE JSONL predictions, and `settings` (`prediction_settings`) beside them in <split>.settings.json."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    side = settings_path(path)
+    side.unlink(missing_ok=True)  # no stale settings for new predictions, even if this write is cut short
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
         for doc in docs:
             f.write(json.dumps(doc.to_pure()) + "\n")
     tmp.replace(path)
+    if settings is not None:
+        side.write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def check_prediction_settings(paths: Sequence[Path]) -> None:
+    """Refuse predictions files (one run's dev and test) written with different settings.
+
+    End-to-end RE reads the entities of both; had one been rewritten with, say, another filter threshold, dev
+    would select and test would report on entities made differently. Files not written yet are skipped; a
+    file without its settings (written before they were recorded) gets a warning, as it cannot be checked.
+    """
+    known = []
+    for path in map(Path, paths):
+        if not path.exists():
+            continue
+        side = settings_path(path)
+        if not side.exists():
+            log.warning("%s has no %s (written before settings were recorded): cannot check that it was decoded "
+                        "like %s; rewrite it with `python -m lai_jax.evaluate`", path, side.name,
+                        " and ".join(str(p) for p in paths if Path(p) != path))
+            continue
+        known.append((path, json.loads(side.read_text(encoding="utf-8"))))
+    for path, settings in known[1:]:
+        first, ref = known[0]
+        diff = sorted(k for k in set(ref) | set(settings) if ref.get(k, "<unset>") != settings.get(k, "<unset>"))
+        if diff:
+            detail = "; ".join(f"{k}: {ref.get(k, '<unset>')!r} in {first.name}, {settings.get(k, '<unset>')!r} in "
+                               f"{path.name}" for k in diff)
+            raise ValueError(f"{first} and {path} were written with different settings ({detail}), so dev and "
+                             f"test would be scored on entities decoded differently. Rewrite both with the same "
+                             f"settings: python -m lai_jax.evaluate --workdir={first.parent.parent} --split=<split> "
+                             f"[--set=FIELD=VALUE ...] for each split.")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -305,15 +377,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps))
     global_batch = config.batch_size
-    steps_per_epoch = math.ceil(len(train_inst) / global_batch)
+    buckets = input_pipeline.bucket_lengths(train_inst, config.num_buckets)
+    groups = input_pipeline.assign(train_inst, buckets)
+    steps_per_epoch = input_pipeline.num_batches(groups, global_batch)
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
     log.info("%d train instances, %d steps/epoch, %d steps, global batch %d = %d per device x %d device(s) (%s) "
-             "x %d process(es) x %d accumulation step(s), T=%d", len(train_inst), steps_per_epoch, total_steps,
-             global_batch, per_device, runner.n, runner.mode, jax.process_count(), config.grad_accum_steps,
-             setup.featurizer.seq_len(config.phase))
+             "x %d process(es) x %d accumulation step(s), length buckets %s holding %s instances", len(train_inst),
+             steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode, jax.process_count(),
+             config.grad_accum_steps, list(buckets), [len(g) for g in groups])
 
     sample = features.stack(train_inst[:1])
     state = init_state(setup, sample, total_steps)
@@ -332,13 +406,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     host_shard = slice(jax.process_index() * host_batch, (jax.process_index() + 1) * host_batch)
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
     t0, step = time.time(), start_step
+    epoch_plan: tuple[int, list] = (-1, [])
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_inst))
-            lo = offset * global_batch
-            chunk = [train_inst[i] for i in order[lo:lo + global_batch]]
-            batch = features.stack(chunk, global_batch)
+            if epoch_plan[0] != epoch:
+                epoch_plan = (epoch, input_pipeline.epoch_batches(groups, global_batch, config.seed, epoch))
+            b, idx = epoch_plan[1][offset]
+            batch = input_pipeline.cut(features.stack([train_inst[i] for i in idx], global_batch), buckets[b])
             batch = {k: v[host_shard] for k, v in batch.items()}
             use_gold = config.phase == "ner" and epoch < config.cold_start_epochs
             state, m = runner.train(state, batch, use_gold)
@@ -352,7 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write_scalars(step, {**host, "steps_per_s": rate})
             if step % eval_every == 0 or step == total_steps:
                 host_state = runner.get_state(state)
-                _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev")
+                _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev", buckets)
                 f1 = headline_f1(setup, dev_result)
                 writer.write_scalars(step, flat_metrics(dev_result, "dev"))
                 table = metrics_lib.format_table(dev_result, table_tasks(config))
@@ -372,8 +447,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": ckpt.best_step(),
                                "steps": step, "wall_s": round(time.time() - t0, 1)}
     for split in ("dev", "test"):
-        pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split)
-        write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred)
+        pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split, buckets)
+        write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred,
+                          prediction_settings(config, results["best_step"]))
         results[split] = result
         table = metrics_lib.format_table(result, table_tasks(config))
         print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")

@@ -23,33 +23,62 @@ def names(ents):
 
 
 def test_ner_filter_and_none():
-    out = decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES)
+    # overlap="none": this test is about the filter and the none class only
+    out = decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, overlap="none")
     assert names(out) == [(0, 0, "PER"), (0, 1, "ORG"), (3, 3, "PER")]
     # score = the type probability alone (not times the filter probability)
     assert [p for *_, p in out] == pytest.approx([0.7, 0.8, 0.6])
     # without the filter, (1,1) comes back; (2,3) is still none
-    out = decode_ner(SPANS, None, TYPE_PROBS, TYPES, use_filter=False)
+    out = decode_ner(SPANS, None, TYPE_PROBS, TYPES, use_filter=False, overlap="none")
     assert names(out) == [(0, 0, "PER"), (0, 1, "ORG"), (1, 1, "ORG"), (3, 3, "PER")]
     # threshold 0.65: filter keeps (0,0) 0.9, (2,3) 0.8 (none), (3,3) 0.7
-    out = decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, filter_threshold=0.65)
+    out = decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, filter_threshold=0.65, overlap="none")
     assert names(out) == [(0, 0, "PER"), (3, 3, "PER")]
     # the threshold is inclusive (>=)
-    assert names(decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, filter_threshold=0.9)) == [(0, 0, "PER")]
+    assert names(decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, filter_threshold=0.9, overlap="none")) == [(0, 0, "PER")]
 
 
 def test_ner_flat_greedy():
     # by score: (0,1) 0.8 accepted; (0,0) 0.7 overlaps it -> dropped; (3,3) 0.6 accepted
-    out = decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, flat=True)
+    out = decode_ner(SPANS, FILTER, TYPE_PROBS, TYPES, overlap="flat")
     assert names(out) == [(0, 1, "ORG"), (3, 3, "PER")]
     # no filter: (0,1) 0.8; (0,0) 0.7 and (1,1) 0.7 overlap it; (3,3) 0.6 -> same answer
-    out = decode_ner(SPANS, None, TYPE_PROBS, TYPES, flat=True, use_filter=False)
+    out = decode_ner(SPANS, None, TYPE_PROBS, TYPES, overlap="flat", use_filter=False)
     assert names(out) == [(0, 1, "ORG"), (3, 3, "PER")]
     # overlap is independent of the type; a higher-scoring later span wins, output sorted by position
     spans = [(0, 2), (2, 4), (5, 5)]
     probs = np.array([[0.0, 0.6, 0.4], [0.0, 0.1, 0.9], [0.0, 0.5, 0.5]])
-    out = decode_ner(spans, np.ones(3), probs, TYPES, flat=True)
+    out = decode_ner(spans, np.ones(3), probs, TYPES, overlap="flat")
     # (2,4) ORG 0.9 accepted; (0,2) PER 0.6 overlaps at word 2 -> dropped; (5,5) PER 0.5 (tie -> lower index)
     assert names(out) == [(2, 4, "ORG"), (5, 5, "PER")]
+
+
+def test_ner_nested_overlap_rules():
+    # Hand-made overlaps (filter all 1): words 0..6
+    #   (0,3) ORG 0.9   (1,1) PER 0.8 nested in it, other type   (2,4) ORG 0.7 crosses (0,3), same type
+    #   (3,5) PER 0.6 crosses (0,3) [ORG] and (2,4) [ORG], and overlaps no PER   (5,6) PER 0.5 overlaps (3,5) PER
+    spans = [(0, 3), (1, 1), (2, 4), (3, 5), (5, 6)]
+    probs = np.array([[0.05, 0.05, 0.9], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.2, 0.5, 0.3]])
+    ones = np.ones(5)
+    # plmarker (the default): visited by score 0.9, 0.8, 0.7, 0.6, 0.5
+    #   (0,3) ORG kept; (1,1) PER kept (nested, different type); (2,4) ORG dropped (overlaps the
+    #   higher-scoring ORG (0,3)); (3,5) PER kept (its overlaps are ORG); (5,6) PER dropped (overlaps PER (3,5))
+    want = [(0, 3, "ORG"), (1, 1, "PER"), (3, 5, "PER")]
+    assert names(decode_ner(spans, ones, probs, TYPES)) == want
+    assert names(decode_ner(spans, ones, probs, TYPES, overlap="plmarker")) == want
+    # flat: (0,3) kept; (1,1), (2,4), (3,5) overlap it; (5,6) overlaps only dropped spans -> kept
+    assert names(decode_ner(spans, ones, probs, TYPES, overlap="flat")) == [(0, 3, "ORG"), (5, 6, "PER")]
+    # none: everything the filter and classifier accept
+    assert names(decode_ner(spans, ones, probs, TYPES, overlap="none")) == sorted(
+        [(0, 3, "ORG"), (1, 1, "PER"), (2, 4, "ORG"), (3, 5, "PER"), (5, 6, "PER")])
+    # same-type overlap resolved by score whichever span comes first: swap the two ORG scores
+    probs2 = probs.copy()
+    probs2[0], probs2[2] = [0.1, 0.2, 0.7], [0.05, 0.05, 0.9]
+    # (2,4) ORG 0.9 kept; (1,1) PER 0.8 kept; (0,3) ORG 0.7 dropped (overlaps ORG (2,4)); (3,5) PER 0.6 kept
+    # (no PER overlap); (5,6) PER 0.5 dropped (overlaps PER (3,5))
+    assert names(decode_ner(spans, ones, probs2, TYPES)) == [(1, 1, "PER"), (2, 4, "ORG"), (3, 5, "PER")]
+    with pytest.raises(ValueError, match="overlap"):
+        decode_ner(spans, ones, probs, TYPES, overlap="nested")
 
 
 def test_ner_same_span_merged_by_max():

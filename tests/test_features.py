@@ -186,3 +186,137 @@ def test_cut_words_leave_no_gap(tok, labels):
     f = make_featurizer(tok, labels)
     sp = f.sentence_pieces([[[1], [2], [3, 4, 5], [6], [7]]], 0, 3)
     assert sp.ids == [1, 2] and sp.word_first == [0, 1, -1, -1, -1] and sp.truncated
+
+
+def test_unknown_gold_entity_type_is_an_error_not_none(tok, labels):
+    f = make_featurizer(tok, labels)
+    doc = Document("odd", [Sentence(["Ann", "met", "Bob"], [Entity(0, 0, "Peop"), Entity(2, 2, "Person")])])
+    with pytest.raises(ValueError, match=r"document 'odd', sentence 0: gold entity type 'Person' is not in the label "
+                                         r"file .*conll04/labels.json"):
+        f.ner_instances([doc])
+    f.ner_instances([doc], with_labels=False)  # prediction / statistics read no gold types
+
+
+# ------------------------------------------------------------------------------------------- long sentences
+def _long_sentence(n=400, seed=0):
+    """n words (some of several wordpieces), entities of 1..8 words everywhere, near and far relations."""
+    rng = np.random.default_rng(seed)
+    vocab = ["the", "company", "unbelievably", "Internationalization", "Chicago", ",", "said", "w7", "of"]
+    words = [vocab[i] for i in rng.integers(0, len(vocab), n)]
+    ents, start = [], 0
+    while start < n:
+        length = int(rng.integers(1, 9))
+        if start + length <= n:
+            ents.append(Entity(start, start + length - 1, "Peop" if len(ents) % 2 else "Loc"))
+        start += length + int(rng.integers(0, 4))
+    ents.append(Entity(3, 12, "Org"))  # longer than max_span_len: never a candidate
+    rels = [Relation(a.span, b.span, "Live_In") for a, b in zip(ents[:-1], ents[2:-1]) if b.start - a.end < 25]
+    rels.append(Relation(ents[0].span, ents[-2].span, "Kill"))  # farther apart than any window holds
+    return Document("long", [Sentence(["Before", "."]), Sentence(words, ents, rels), Sentence(["After", "."])])
+
+
+def test_long_sentence_windows_every_span_once_and_every_near_relation(tok, labels):
+    f = make_featurizer(tok, labels)  # max_text_len 100, max_span_len 8
+    doc = _long_sentence()
+    sent = doc.sentences[1]
+    n, L = len(sent.words), 8
+    pieces = f.word_pieces(doc)
+    assert sum(len(w) for w in pieces[1]) > 3 * 100
+    insts, stats = f.ner_instances([doc])
+    mine = [i for i in insts if i.sent == 1]
+    assert len({i.window for i in mine}) > 3 and stats["windowed"] == 1
+    spans = [sp for i in mine for sp in i.spans]
+    assert sorted(spans) == enumerate_all(n, L)  # every span of <= L words, exactly once
+    for inst in mine:  # markers sit on the span's own wordpieces
+        a = inst.arrays
+        for slot, (i, j) in enumerate(inst.spans):
+            assert a["input_ids"][a["cand_text_start"][slot]] == pieces[1][i][0]
+            assert a["input_ids"][a["cand_text_end"][slot]] == pieces[1][j][-1]
+            assert a["labels"][slot] == next((f.entity_index[e.type] for e in sent.entities if e.span == (i, j)), 0)
+    assert stats["gold"] - stats["reachable"] == stats["too_long"] == 1 and stats["spans_unreachable"] == 0
+
+    r_insts = [i for i in f.re_instances([doc]) if i.sent == 1]
+    slots = [(i.subject, o, int(i.arrays["labels"][k])) for i in r_insts for k, o in enumerate(i.spans)]
+    pairs = [(s, o) for s, o, _ in slots]
+    assert len(pairs) == len(set(pairs))  # every ordered pair at most once
+    got = {(s, o): c for s, o, c in slots}
+    space = f.rel_space
+    near = [r for r in sent.relations if r.type == "Live_In"]
+    assert len(near) > 50
+    for r in near:
+        assert got[(r.head, r.tail)] == space.forward_id("Live_In")
+        assert got[(r.tail, r.head)] == space.inverse_id("Live_In")
+    far = sent.relations[-1]
+    assert (far.head, far.tail) not in got and (far.tail, far.head) not in got
+    for inst in r_insts:  # subject and objects inside the instance's window, markers on their wordpieces
+        lo, hi = inst.window
+        assert all(lo <= a and b < hi for a, b in [inst.subject] + inst.spans)
+        a = inst.arrays
+        assert a["input_ids"][a["subj_marker_start"] + 1] == pieces[1][inst.subject[0]][0]
+    st = f.relation_stats([doc])
+    assert st == dict(relations=len(sent.relations), unreachable=1, unrepresented=0, multi_pairs=0, windowed=1)
+    for subj in {i.subject for i in r_insts}:  # its own window, and one reaching either way for far objects
+        assert len({i.window for i in r_insts if i.subject == subj}) <= 3
+
+
+def enumerate_all(n, L):
+    return sorted((i, j) for i in range(n) for j in range(i, min(n, i + L)))
+
+
+def test_re_reach_is_the_text_budget(tok, labels):
+    f = make_featurizer(tok, labels, max_text_len=24, max_span_len=2)
+    words = [f"w{i}" for i in range(60)]  # two pieces each: 12 words fit the budget
+    assert all(len(w) == 2 for w in f.word_pieces(Document("d", [Sentence(words)]))[0])
+    # 0 and 11 fit one window only at the very edge of both entities' own windows: a window around the pair
+    ents = [Entity(0, 0, "Peop"), Entity(11, 11, "Loc"), Entity(30, 30, "Peop"), Entity(40, 41, "Loc"),
+            Entity(45, 45, "Loc")]
+    rels = [Relation((0, 0), (11, 11), "Live_In"), Relation((30, 30), (40, 41), "Live_In"),
+            Relation((0, 0), (45, 45), "Live_In")]
+    doc = Document("d", [Sentence(words, ents, rels)])
+    insts = f.re_instances([doc])
+    slots = {(i.subject, o): int(i.arrays["labels"][k]) for i in insts for k, o in enumerate(i.spans)}
+    assert len(slots) == sum(len(i.spans) for i in insts)  # each ordered pair once
+    within = {(a.span, b.span) for a in ents for b in ents if a != b and max(a.end, b.end) - min(a.start, b.start) < 12}
+    assert set(slots) == within
+    fwd, inv = f.rel_space.forward_id("Live_In"), f.rel_space.inverse_id("Live_In")
+    assert slots[((0, 0), (11, 11))] == slots[((30, 30), (40, 41))] == fwd and slots[((11, 11), (0, 0))] == inv
+    for inst in insts:
+        lo, hi = inst.window
+        assert hi - lo <= 12 and all(lo <= a and b < hi for a, b in [inst.subject] + inst.spans)
+    assert {i.subject for i in insts} == {e.span for e in ents}
+    assert f.relation_stats([doc]) == dict(relations=3, unreachable=1, unrepresented=0, multi_pairs=0, windowed=1)
+
+
+def test_word_longer_than_budget_keeps_its_span(tok, labels):
+    f = make_featurizer(tok, labels, max_text_len=16)
+    doc = Document("d", [Sentence(["short", "x7q" * 30, "words", "here"], [Entity(1, 1, "Other")])])
+    pieces = f.word_pieces(doc)
+    assert len(pieces[0][1]) > 16
+    insts, stats = f.ner_instances([doc])
+    spans = [sp for i in insts for sp in i.spans]
+    assert (1, 1) in spans and len(spans) == len(set(spans))
+    inst = next(i for i in insts if (1, 1) in i.spans)
+    a, slot = inst.arrays, inst.spans.index((1, 1))
+    assert a["labels"][slot] == f.entity_index["Other"]
+    assert a["input_ids"][a["cand_text_end"][slot]] == pieces[0][1][15]  # its first 16 pieces
+    assert stats["long_words"] == 1 and stats["reachable"] == 1
+    assert f.re_instances([doc])  # the subject fits too
+
+
+def test_pair_labels_keep_two_relations_per_pair(labels):
+    space = features.RelationLabelSpace.from_types(["A", "B", "S"], ["S"])
+    x, y = (0, 0), (3, 4)
+    one, lost = features.pair_labels(space, [Relation(x, y, "A")])
+    assert one == {(x, y): space.forward_id("A"), (y, x): space.inverse_id("A")} and not lost
+    # opposite directions: each slot reads its own relation forward (as RelationLabelSpace.gold_label)
+    both, lost = features.pair_labels(space, [Relation(x, y, "A"), Relation(y, x, "B")])
+    assert both == {(x, y): space.forward_id("A"), (y, x): space.forward_id("B")} and not lost
+    # two types in one direction: the second is carried by the reverse slot as an inverse class
+    two, lost = features.pair_labels(space, [Relation(x, y, "A"), Relation(x, y, "B")])
+    assert two == {(x, y): space.forward_id("A"), (y, x): space.inverse_id("B")} and not lost
+    # a symmetric relation listed both ways is one relation; a third relation has no slot left
+    three, lost = features.pair_labels(space, [Relation(x, y, "S"), Relation(y, x, "S"), Relation(y, x, "A"),
+                                               Relation(x, y, "B")])
+    assert three == {(x, y): space.forward_id("S"), (y, x): space.forward_id("A")}
+    assert lost == [Relation(x, y, "B")]
+    assert features.pair_labels(space, [])[0] == {}

@@ -164,11 +164,29 @@ def test_split_stats_sane(config):
         assert s["slots"] == s["instances"] * small.max_candidates
         assert 0 < s["filled"] <= s["slots"] and 0 < s["filled_pct"] <= 100
         assert 0 < s["reachable"] <= s["gold"] and 0 < s["reachable_pct"] <= 100
-        assert 0 <= s["truncated"] <= s["sentences"] and 0 <= s["truncated_pct"] <= 100
+        assert 0 <= s["windowed"] <= s["sentences"] and 0 <= s["windowed_pct"] <= 100
+        assert s["gold"] - s["reachable"] == s["too_long"] and s["long_words"] == 0
+        assert s["relations"] > 0 and s["relations_unreachable"] == s["relations_unrepresented"] == 0
     assert stats["train"]["sentences"] == 150
+    assert all(s["overlapping_pairs"] == s["overlapping_same_type"] == 0 for s in stats.values())  # CoNLL04 is flat
     table = lai_inspect.format_stats(small, stats)
-    assert all(split in table for split in stats) and "reachable" in table
+    assert all(split in table for split in stats) and "reachable" in table and "overlapping gold" in table
     json.dumps(stats)
+
+
+def test_overlap_stats_counts_nested_and_crossing_pairs():
+    from lai_jax.data.documents import Document, Entity, Sentence
+    ents = [Entity(0, 3, "A"), Entity(1, 1, "B"), Entity(2, 4, "A"), Entity(6, 6, "A"), Entity(6, 6, "B"),
+            Entity(0, 3, "A")]  # (0,3) A listed twice counts once
+    # pairs: (0,3)A-(1,1)B nested, (0,3)A-(2,4)A crossing same type, (6,6)A-(6,6)B same span; (1,1)-(2,4) apart
+    docs = [Document("d", [Sentence([f"w{i}" for i in range(8)], ents), Sentence(["x"], [Entity(0, 0, "A")])])]
+    assert lai_inspect.overlap_stats(docs) == {"overlapping_pairs": 3, "overlapping_same_type": 1}
+    # the bundled SciERC test split has 20 overlapping gold pairs (3 of the same type)
+    from lai_jax.data.labels import load_labels
+    from lai_jax.data.readers import read_documents
+    data = REPO / "data" / "scierc"
+    scierc = read_documents(data / "test.json", load_labels(data / "labels.json"))
+    assert lai_inspect.overlap_stats(scierc) == {"overlapping_pairs": 20, "overlapping_same_type": 3}
 
 
 def test_cli_json_end_to_end():

@@ -91,7 +91,7 @@ def test_ner_micro_macro():
 
 
 def test_re_and_re_plus():
-    res = score(gold_docs(), pred_docs(), SYM)
+    res = score(gold_docs(), pred_docs(), SYM, symmetric_count="once")
     # RE gold: d1s0 WORK, d1s1 PER-SOC, d2 WORK = 3
     # RE pred: d1s0 WORK (duplicate -> 1), d1s1 PER-SOC (both directions -> 1), d2 WORK fwd + WORK reversed = 4
     # tp: d1s0 1, d1s1 1, d2 1 (types of the arguments ignored) = 3 -> P 3/4, R 1, F1 2*.75/1.75 = 6/7
@@ -106,6 +106,36 @@ def test_re_and_re_plus():
     # WORK: tp 1, pred 3, gold 2 -> P 1/3, R 1/2, F1 2*(1/6)/(5/6) = 2/5; PER-SOC 1 -> macro F1 0.7
     check(res["re+"]["per_type"]["WORK"], 1 / 3, 1 / 2, 0.4, 1, 3, 2)
     check(res["re+"]["macro"], (1 / 3 + 1) / 2, (1 / 2 + 1) / 2, 0.7)
+
+
+def test_symmetric_count_both_directions_as_plmarker():
+    # The same documents under PL-Marker's convention (the default): a symmetric relation is two items.
+    res = score(gold_docs(), pred_docs(), SYM, symmetric_count="both")
+    # RE gold: d1s0 WORK 1 + d1s1 PER-SOC 2 + d2 WORK 1 = 4
+    # RE pred: d1s0 WORK 1 + d1s1 PER-SOC 2 (predicted both ways: still one relation, two items) + d2 2 = 5
+    # tp: d1s0 1 + d1s1 2 + d2 WORK fwd 1 = 4 -> P 4/5, R 1, F1 2*(4/5)/(9/5) = 8/9
+    check(res["re"]["micro"], 4 / 5, 1.0, 8 / 9, 4, 5, 4)
+    check(res["re"]["per_type"]["PER-SOC"], 1.0, 1.0, 1.0, 2, 2, 2)
+    check(res["re"]["per_type"]["WORK"], 2 / 3, 1.0, 0.8, 2, 3, 2)  # asymmetric: unchanged
+    check(res["re"]["macro"], (2 / 3 + 1) / 2, 1.0, 0.9)  # per-type ratios, so macro is unchanged
+    # RE+: tp d1s0 1 + d1s1 2 (types PER, PER both ways) = 3; pred 5, gold 4
+    # -> P 3/5, R 3/4, F1 2*(9/20)/(27/20) = 2/3
+    check(res["re+"]["micro"], 3 / 5, 3 / 4, 2 / 3, 3, 5, 4)
+    # The once convention on the same documents (as in test_re_and_re_plus): 3/4/3 and RE+ 2/4/3.
+    once = score(gold_docs(), pred_docs(), SYM, symmetric_count="once")
+    check(once["re"]["micro"], 3 / 4, 1.0, 6 / 7, 3, 4, 3)
+    check(once["re+"]["micro"], 1 / 2, 2 / 3, 4 / 7, 2, 4, 3)
+    # NER is not affected; the default is "both"
+    assert once["ner"] == res["ner"]
+    assert score(gold_docs(), pred_docs(), SYM) == res
+    # a wrong symmetric prediction costs two predicted items; a missed one two gold items
+    ents = [Entity(0, 0, "PER"), Entity(2, 2, "PER"), Entity(4, 4, "PER")]
+    gold = one_sentence(ents, [Relation((0, 0), (2, 2), "PER-SOC")])
+    pred = one_sentence(ents, [Relation((4, 4), (2, 2), "PER-SOC")])
+    check(score(gold, pred, SYM)["re"]["micro"], 0.0, 0.0, 0.0, 0, 2, 2)
+    check(score(gold, pred, SYM, symmetric_count="once")["re"]["micro"], 0.0, 0.0, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="symmetric_count"):
+        score(gold, pred, SYM, symmetric_count="twice")
 
 
 def test_without_symmetry_both_directions_count_twice():
@@ -124,12 +154,14 @@ def test_symmetric_reverse_order_and_gold_both_ways():
     gold = one_sentence(ents, [Relation((0, 0), (2, 2), "PER-SOC")])
     pred = one_sentence(ents, [Relation((2, 2), (0, 0), "PER-SOC")])
     # predicted only in the reverse order: correct when symmetric (1/1/1) ...
-    check(score(gold, pred, SYM)["re+"]["micro"], 1.0, 1.0, 1.0, 1, 1, 1)
+    check(score(gold, pred, SYM, symmetric_count="once")["re+"]["micro"], 1.0, 1.0, 1.0, 1, 1, 1)
     # ... wrong when the type is asymmetric (0/1/1)
     check(score(gold, pred, {"PER-SOC": False})["re"]["micro"], 0.0, 0.0, 0.0, 0, 1, 1)
     # gold annotated both ways (as ACE05 does for symmetric types) counts once in the recall denominator
     gold2 = one_sentence(ents, [Relation((0, 0), (2, 2), "PER-SOC"), Relation((2, 2), (0, 0), "PER-SOC")])
-    check(score(gold2, pred, SYM)["re"]["micro"], 1.0, 1.0, 1.0, 1, 1, 1)
+    check(score(gold2, pred, SYM, symmetric_count="once")["re"]["micro"], 1.0, 1.0, 1.0, 1, 1, 1)
+    # PL-Marker's convention counts it once per direction: 2 / 2 / 2 (same P, R, F1)
+    check(score(gold2, pred, SYM)["re"]["micro"], 1.0, 1.0, 1.0, 2, 2, 2)
 
 
 def test_symmetric_re_plus_swaps_argument_types():
@@ -137,9 +169,10 @@ def test_symmetric_re_plus_swaps_argument_types():
     ok = one_sentence([Entity(0, 0, "PER"), Entity(2, 2, "ORG")], [Relation((2, 2), (0, 0), "PER-SOC")])
     bad = one_sentence([Entity(0, 0, "ORG"), Entity(2, 2, "PER")], [Relation((2, 2), (0, 0), "PER-SOC")])
     # reversed symmetric relation with the types attached to the right spans: RE+ correct
-    assert score(gold, ok, SYM)["re+"]["micro"]["tp"] == 1
+    assert score(gold, ok, SYM, symmetric_count="once")["re+"]["micro"]["tp"] == 1
+    assert score(gold, ok, SYM)["re+"]["micro"]["tp"] == 2  # "both": one hit per direction
     # types swapped between the spans: RE correct, RE+ wrong
-    res = score(gold, bad, SYM)
+    res = score(gold, bad, SYM, symmetric_count="once")
     assert (res["re"]["micro"]["tp"], res["re+"]["micro"]["tp"]) == (1, 0)
 
 
@@ -155,7 +188,8 @@ def test_empty_predictions():
     gold = gold_docs()
     pred = [Document(d.doc_key, [Sentence(list(s.words)) for s in d.sentences]) for d in gold]
     res = score(gold, pred, SYM)
-    for task, n_gold in (("ner", 8), ("re", 3), ("re+", 3)):
+    # gold relations: WORK, PER-SOC (symmetric: 2 items under the default "both"), WORK = 4
+    for task, n_gold in (("ner", 8), ("re", 4), ("re+", 4)):
         check(res[task]["micro"], 0.0, 0.0, 0.0, 0, 0, n_gold)
         check(res[task]["macro"], 0.0, 0.0, 0.0)
     # nothing anywhere: all zero, no types

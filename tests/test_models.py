@@ -102,3 +102,36 @@ def test_ablations_run_and_gcn_zero_has_no_graph(env):
     model2, batch2, _ = model_and_batch(env, "ner", slots=40, use_annotations=False)
     assert not (batch2["token_groups"] == masks.ANNO).any()
     assert "g4cn" not in init(model2, batch2, env[1])["heads"]
+
+
+def _np_xent(logits, labels):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+
+
+@pytest.mark.parametrize("norm", ["kept", "candidates"])
+@pytest.mark.parametrize("keeps_gold", [False, True])
+def test_ner_loss_options_against_numpy(norm, keeps_gold):
+    """Gate threshold, gold teacher forcing, positive weight and span normalisation, hand-computed in numpy."""
+    rng = np.random.default_rng(0)
+    B, K, C = 2, 6, 4
+    filt = rng.normal(size=(B, K, 2)).astype(np.float32)
+    logits = rng.normal(size=(B, K, C)).astype(np.float32)
+    labels = np.array([[1, 0, 0, 2, 0, 0], [0, 3, 0, 0, 0, 0]], np.int32)
+    cand_mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], bool)
+    weight = np.array([1.0, 1.0], np.float32)
+    head = HeadConfig("ner", C, filter_gate_threshold=0.4, classifier_keeps_gold=keeps_gold, filter_pos_weight=5.0,
+                      span_loss_norm=norm)
+    batch = {"labels": labels, "cand_mask": cand_mask, "weight": weight}
+    out = {"filter_logits": jnp.asarray(filt), "logits": jnp.asarray(logits)}
+    p = np.exp(filt[..., 1]) / np.exp(filt).sum(-1)
+    ent = labels > 0
+    w = cand_mask * np.where(ent, 5.0, 1.0)
+    for cold in (True, False):
+        sums, counts = ner_loss(out, batch, jnp.asarray(cold), head)
+        np.testing.assert_allclose(float(sums["filter"]), (_np_xent(filt, ent.astype(np.int32)) * w).sum(), rtol=1e-5)
+        np.testing.assert_allclose(float(counts["filter"]), w.sum())
+        keep = cand_mask & (ent if cold else ((p >= 0.4) | (ent & keeps_gold)))
+        np.testing.assert_allclose(float(sums["span"]), (_np_xent(logits, labels) * keep).sum(), rtol=1e-5)
+        assert float(counts["span"]) == (cand_mask.sum() if norm == "candidates" else keep.sum())

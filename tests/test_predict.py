@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO, tiny_config
 from lai_jax import predict
 from lai_jax.data.documents import DataError, Document
+from lai_jax.data import features
 from lai_jax.data.features import enumerate_spans
 from lai_jax.text import split_sentences, tokenize
 
@@ -99,9 +100,9 @@ def test_text_document_char_spans():
 def test_plan_windows_cover_every_word_and_fit(seed):
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, 6, size=300).tolist()
-    counts[17] = 40  # a word longer than the whole budget (the caller shortens it)
+    counts[17] = 40  # a word longer than the whole budget (the featurizer shortens it)
     budget, L = 32, 5
-    windows = predict.plan_windows(counts, budget, L)
+    windows = features.plan_windows(counts, budget, L)
     assert windows[0][0] == 0 and windows[-1][1] == 300
     covered = set()
     for (lo, hi), nxt in zip(windows, windows[1:] + [None]):
@@ -114,7 +115,7 @@ def test_plan_windows_cover_every_word_and_fit(seed):
     for a, b in enumerate_spans(300, L):
         if sum(counts[a:b + 1]) <= budget:
             assert any(lo <= a and b < hi for lo, hi in windows), (a, b)
-    assert predict.plan_windows([1, 2, 3], 32, 5) == [(0, 3)] and predict.plan_windows([], 32, 5) == []
+    assert features.plan_windows([1, 2, 3], 32, 5) == [(0, 3)] and features.plan_windows([], 32, 5) == []
 
 
 @pytest.fixture(scope="module")
@@ -134,66 +135,64 @@ def _long_doc(n_words: int = 300) -> Document:
 
 
 def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
+    from lai_jax import train
     doc = _long_doc()
     words = doc.sentences[0].words
     assert len(words) == 300
     budget, L = 32, 3
     tok = ner_setup.tokenizer
-    model_docs, wmap = predict.windowed_documents([doc], [tok], budget, L)
-    assert len(model_docs[0].sentences) > 5
-    instances = ner_setup.featurizer.ner_instances(model_docs, with_labels=False)[0]
-    seen = set()
+    instances, stats = ner_setup.featurizer.ner_instances([doc], with_labels=False)
+    assert stats["windowed"] == 1 and len({inst.window for inst in instances}) > 5
+    spans = []
     for inst in instances:
-        w = wmap[inst.doc][inst.sent]
-        n_pieces = len(tok(words[w.lo:w.hi], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+        lo, hi = inst.window
+        n_pieces = len(tok(words[lo:hi], is_split_into_words=True, add_special_tokens=False)["input_ids"])
         assert n_pieces <= budget
-        seen.update((a + w.lo, b + w.lo) for a, b in inst.spans)
-    assert seen == set(enumerate_spans(300, L))  # nothing cut off by max_text_len
+        spans.extend(inst.spans)
+    assert sorted(spans) == enumerate_spans(300, L)  # nothing cut off by max_text_len, each span once
 
     # Fake model outputs: two entities far beyond max_text_len, one near the start.
     targets = {(5, 5): 1, (250, 251): 2, (258, 258): 3}
     E = len(ner_setup.labels.entity_types)
     probs = []
     for inst in instances:
-        w = wmap[inst.doc][inst.sent]
         K = len(inst.arrays["cand_mask"])
         tp = np.tile(np.eye(1 + E, dtype=np.float32)[0], (K, 1))
         fp = np.zeros(K, np.float32)
-        for slot, (a, b) in enumerate(inst.spans):
-            t = targets.get((a + w.lo, b + w.lo))
+        for slot, span in enumerate(inst.spans):
+            t = targets.get(span)
             if t is not None:
                 tp[slot] = 0.05 / E
                 tp[slot, t] = 0.95
                 fp[slot] = 0.9
         probs.append({"type_probs": tp, "filter_prob": fp})
-    ents = predict.decode_ner_windows(ner_setup, [doc], wmap, instances, probs)
+    ents = train.decode(ner_setup, [doc], instances, probs)[0].sentences[0].entities
     types = ner_setup.labels.entity_types
-    assert [(a, b, t) for a, b, t, _ in ents[0][0]] == [(a, b, types[t - 1]) for (a, b), t in sorted(targets.items())]
-    assert all(abs(s - 0.95) < 1e-6 for *_, s in ents[0][0])
+    assert [(e.start, e.end, e.type) for e in ents] == [(a, b, types[t - 1]) for (a, b), t in sorted(targets.items())]
+    assert all(abs(e.score - 0.95) < 1e-6 for e in ents)
 
     # RE on the windows: the close pair far into the sentence is classified, the far pair never is.
     space = re_setup.featurizer.rel_space
-    r_inst = re_setup.featurizer.re_instances(model_docs, predict.window_entities(ents, wmap))
+    r_inst = re_setup.featurizer.re_instances([doc], [[ents]])
     fwd, inv = space.forward_id(space.relation_types[0]), space.inverse_id(space.relation_types[0])
-    r_probs, pairs = [], set()
+    r_probs, pairs = [], []
     for inst in r_inst:
-        w = wmap[inst.doc][inst.sent]
-        subj = (inst.subject[0] + w.lo, inst.subject[1] + w.lo)
         p = np.tile(np.eye(space.num_classes, dtype=np.float32)[0], (len(inst.arrays["labels"]), 1))
-        for slot, (a, b) in enumerate(inst.spans):
-            obj = (a + w.lo, b + w.lo)
-            pairs.add((subj, obj))
-            if (subj, obj) == ((250, 251), (258, 258)):
+        for slot, obj in enumerate(inst.spans):
+            pairs.append((inst.subject, obj))
+            if (inst.subject, obj) == ((250, 251), (258, 258)):
                 p[slot] = np.eye(space.num_classes)[fwd] * 0.8 + 0.2 / space.num_classes
-            if (subj, obj) == ((258, 258), (250, 251)):
+            if (inst.subject, obj) == ((258, 258), (250, 251)):
                 p[slot] = np.eye(space.num_classes)[inv] * 0.8 + 0.2 / space.num_classes
         r_probs.append({"type_probs": p})
     assert ((5, 5), (250, 251)) not in pairs and ((250, 251), (258, 258)) in pairs
-    rels = predict.decode_re_windows(re_setup, [doc], wmap, ents, r_inst, r_probs)
-    assert [(h, t, r) for h, t, r, _ in rels[0][0]] == [((250, 251), (258, 258), space.relation_types[0])]
+    assert len(pairs) == len(set(pairs)) == 2
+    rels = train.decode(re_setup, [doc], r_inst, r_probs, [[ents]])[0].sentences[0].relations
+    assert [(r.head, r.tail, r.type) for r in rels] == [((250, 251), (258, 258), space.relation_types[0])]
 
     inp = predict.InputDoc({"line": 1}, doc)
-    out = predict.document_json(inp, ents[0], rels[0])
+    out = predict.document_json(inp, [[(e.start, e.end, e.type, e.score) for e in ents]],
+                                [[(r.head, r.tail, r.type, r.score) for r in rels]])
     assert out["relations"] == [{"sentence": 0, "head": 1, "tail": 2, "type": space.relation_types[0],
                                  "score": pytest.approx(0.8 + 0.2 / space.num_classes, abs=1e-5)}]
 
@@ -201,12 +200,16 @@ def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
 def test_overlong_word_is_shortened_not_dropped(ner_setup):
     tok = ner_setup.tokenizer
     doc = predict.text_document("short " + "x7q" * 30 + " words here", "d")
-    model_docs, wmap = predict.windowed_documents([doc], [tok], 16, 3)
-    model_words = [w for s in model_docs[0].sentences for w in s.words]
-    assert len(tok("x7q" * 30, add_special_tokens=False)["input_ids"]) > 16
-    assert len(tok(model_words[1], add_special_tokens=False)["input_ids"]) <= 16
-    assert model_words[1] == ("x7q" * 30)[:len(model_words[1])]
-    assert {i for w in wmap[0] for i in range(w.lo, w.hi)} == set(range(4))
+    long_pieces = tok("x7q" * 30, add_special_tokens=False)["input_ids"]
+    assert len(long_pieces) > 32
+    instances, stats = ner_setup.featurizer.ner_instances([doc], with_labels=False)
+    assert stats["long_words"] == 1 and stats["spans_unreachable"] == 4  # (0, 1), (0, 2), (1, 2), (1, 3)
+    alone = [(a, b) for a, b in enumerate_spans(4, 3) if not a <= 1 <= b or a == b]
+    assert sorted(sp for inst in instances for sp in inst.spans) == alone
+    inst = next(i for i in instances if (1, 1) in i.spans)
+    a, slot = inst.arrays, inst.spans.index((1, 1))
+    shown = a["input_ids"][a["cand_text_start"][slot]:a["cand_text_end"][slot] + 1].tolist()
+    assert shown == long_pieces[:32]  # its first max_text_len pieces
 
 
 # ------------------------------------------------------------------------------------------- offsets
@@ -249,6 +252,26 @@ def test_json_input_formats_ignore_gold():
     assert predict.parse_input("[1] Intro.\n", "t.txt", "text")[0].doc.sentences[0].words[:3] == ["[", "1", "]"]
 
 
+def test_bom_and_crlf_input_files_load(tmp_path):
+    # Files as Windows editors save them (UTF-8 byte-order mark, CRLF line ends) read like their plain twins.
+    pure = [{"doc_key": "a", "sentences": [["John", "lives"], ["in", "Zürich", "."]]},
+            {"doc_key": "b", "sentences": [["x"]]}]
+    spert = [{"tokens": ["A", "b"], "orig_id": 3}, {"tokens": ["c"]}]
+    cases = {"text.txt": "John lives in Zürich.\n\nMary left.\n",
+             "pure.jsonl": "\n".join(json.dumps(d, ensure_ascii=False) for d in pure) + "\n",
+             "spert.json": json.dumps(spert, indent=2)}
+    for name, text in cases.items():
+        (tmp_path / "unix").mkdir(exist_ok=True)
+        (tmp_path / "unix" / name).write_text(text, encoding="utf-8")
+        win = tmp_path / name
+        win.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+        got, want = predict.read_input(str(win)), predict.read_input(str(tmp_path / "unix" / name))
+        assert [(d.key, d.doc) for d in got] == [(d.key, d.doc) for d in want] and got, name
+    text_docs = predict.read_input(str(tmp_path / "text.txt"))
+    assert [d.key for d in text_docs] == [{"line": 1}, {"line": 3}]
+    assert text_docs[0].doc.text == "John lives in Zürich." and text_docs[1].doc.text == "Mary left."  # no BOM, no CR
+
+
 @pytest.mark.parametrize("content,fmt,where", [
     ("plain text\n", "pure", "line 1"),
     ('{"doc_key": "a", "sentences": [["x"]]}\n\n{"doc_key": "b", "sentences": [["y"]\n', "auto", "line 3"),
@@ -288,7 +311,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 # ------------------------------------------------------------------------------- end to end (trained)
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, tiny_bert):
-    """A tiny NER and RE run (two steps each) of configs/quick.py."""
+    """A tiny NER and RE run (two steps each) of configs/quick.py; the RE run is end to end (NER's entities)."""
     from lai_jax import train
     root = tmp_path_factory.mktemp("predict_runs")
     overrides = {"max_steps": 2, "data.train_limit": 16, "data.eval_limit": 8, "batch_size": 4,
@@ -296,8 +319,11 @@ def workdirs(tmp_path_factory, tiny_bert):
                  "model.gcn_layers": 0, "data.use_tfds": False}
     out = []
     for phase in ("ner", "re"):
-        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides), str(root / phase))
+        extra = {"re.entities_from": str(root / "ner")} if phase == "re" else {}
+        train.train_and_evaluate(tiny_config(phase, tiny_bert, **overrides, **extra), str(root / phase))
         out.append(str(root / phase))
+    settings = json.loads((root / "ner" / "predictions" / "test.settings.json").read_text())
+    assert settings["phase"] == "ner" and settings["ner.overlap"] == "plmarker" and settings["checkpoint_step"] == 2
     return tuple(out)
 
 

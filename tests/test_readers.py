@@ -475,3 +475,54 @@ def test_bundled_spert_offsets_are_inclusive():
     assert doc.doc_key == "conll04_dev:5178"
     assert doc.sentences[0].entities[0] == Entity(0, 2, "Peop")
     assert doc.sentences[0].relations[0] == Relation((0, 2), (6, 7), "Kill")
+
+
+# ------------------------------------------------------------------------------ label file, encodings
+
+def test_unknown_type_names_the_label_file(tmp_path):
+    labels = load_labels(_labels_file(tmp_path, {"entities": {"PER": "person", "ORG": "organization"},
+                                                  "relations": {"WORK": {"annotation": "works for",
+                                                                         "symmetric": False}}}))
+    assert labels.source == str(tmp_path / "labels.json") and labels == load_labels(tmp_path / "labels.json")
+    # SOC is a gold relation type the label file does not list: an error, never mapped to "none"
+    path = _jsonl(tmp_path, [_pure_doc()])
+    with pytest.raises(DataError) as err:
+        read_pure(path, labels)
+    _check(err, path, "doc_key 'd1'", "relations[1][0]", "unknown relation type 'SOC'", str(tmp_path / "labels.json"))
+    sents = _spert_sents()
+    sents[0]["entities"][0]["type"] = "Person"
+    path = _write(tmp_path, "sp.json", json.dumps(sents))
+    with pytest.raises(DataError) as err:
+        read_spert(path, labels)
+    _check(err, path, "orig_id 7", "entities[0].type", "unknown entity type 'Person'", "labels.json")
+
+
+def _bom_crlf(tmp_path: Path, name: str, text: str) -> Path:
+    """`text` saved as Windows editors do: UTF-8 with a byte-order mark, CRLF line ends."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    return path
+
+
+def test_bom_and_crlf_files_load(tmp_path):
+    (tmp_path / "unix").mkdir()
+    # PURE JSONL: two documents, CRLF after each (and a blank CRLF line at the end); a word with a non-ASCII
+    # character and one with U+2028 written raw (JSON allows it unescaped; it is no line end).
+    doc2 = _pure_doc(doc_key="d2", sentences=[["Zoë", "works", "at", "Acme", "."], ["Bob", "met", "A\u2028n", "."]])
+    text = "\n".join(json.dumps(d, ensure_ascii=False) for d in (_pure_doc(), doc2)) + "\n\n"
+    path = _bom_crlf(tmp_path, "win.json", text)
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf{") and b"\r\n" in path.read_bytes()
+    plain = read_pure(_jsonl(tmp_path, [_pure_doc(), doc2], "unix.json"), LABELS)
+    assert read_pure(path, LABELS) == plain and read_documents(path, LABELS) == plain
+    assert plain[1].sentences[0].words[0] == "Zoë" and detect_format(path) == "pure"
+    # SpERT JSON, pretty-printed over many CRLF lines
+    path = _bom_crlf(tmp_path, "win_spert.json", json.dumps(_spert_sents(), indent=2))
+    assert detect_format(path) == "spert"
+    windows = read_documents(path, LABELS)
+    plain_path = _write(tmp_path / "unix", "win_spert.json", json.dumps(_spert_sents()))  # same stem, same doc keys
+    assert windows == read_spert(plain_path, LABELS) and len(windows) == 2
+    # labels.json
+    obj = {"entities": {"PER": "person", "ORG": "organization"},
+           "relations": {"WORK": {"annotation": "works for", "symmetric": False},
+                         "SOC": {"annotation": "social", "symmetric": True}}}
+    assert load_labels(_bom_crlf(tmp_path, "labels.json", json.dumps(obj, indent=2))) == LABELS

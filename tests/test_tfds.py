@@ -165,3 +165,26 @@ def test_builder_names_and_errors(tmp_path, monkeypatch):
         assert tfds.builder_cls(tb.builder_name(dataset)) is cls
     monkeypatch.setenv("LAI_JAX_TFDS_DIR", str(tmp_path / "cache"))
     assert tb.default_tfds_dir() == tmp_path / "cache"
+
+
+def test_data_checked_against_the_configs_label_file(tmp_path):
+    # Training's config.data.labels reaches the builder: a label file that lacks a gold type fails the
+    # build (naming the source file, the record and the field, and the label file) instead of mapping it.
+    cache = tmp_path / "tfds"
+    bundled = json.loads((DATA / "conll04" / "labels.json").read_text())
+    custom = dict(bundled, entities={k: v for k, v in bundled["entities"].items() if k != "Other"})
+    path = tmp_path / "no_other.json"
+    path.write_text(json.dumps(custom))
+    with pytest.raises(DataError) as err:
+        tb.load_split("conll04", "dev", data_dir=cache, labels_path=path)
+    msg = str(err.value)
+    # every split is read before anything is written, train first
+    assert "conll04_train.json" in msg and "sentence" in msg and "entities[" in msg and "'Other'" in msg
+    assert str(path) in msg
+    # A label file that knows every type (here: other annotations) builds, and the default is the staged one.
+    renamed = dict(bundled, entities={k: f"{v} (edited)" for k, v in bundled["entities"].items()})
+    path.write_text(json.dumps(renamed))
+    docs = tb.load_split("conll04", "dev", data_dir=cache, labels_path=path)
+    assert docs == _direct("conll04", "conll04_dev.json")
+    assert tb.load_split("conll04", "dev", data_dir=cache) == docs
+    assert tb.get_builder("conll04", data_dir=cache, labels_path=path).labels_path() == path

@@ -181,6 +181,76 @@ def test_saved_config_missing_newer_fields_still_loads(tmp_path):
         load_config(tmp_path)
 
 
+def test_saved_flat_ner_maps_to_overlap_and_defaults(tmp_path):
+    from lai_jax.config_base import base_config
+    from lai_jax.evaluate import load_config
+    from lai_jax.train import check_choices
+    default = base_config("scierc", "ner")
+    assert default.ner.overlap == "plmarker" and default.eval.symmetric_count == "both"
+    for flat, overlap in ((True, "flat"), (False, "none")):
+        saved = default.to_dict()
+        del saved["ner"]["overlap"], saved["eval"]  # as written before these fields existed
+        saved["ner"]["flat_ner"] = flat
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        config = load_config(tmp_path)
+        assert config.ner.overlap == overlap and "flat_ner" not in config.ner
+        assert config.eval.symmetric_count == "both"
+        check_choices(config)
+    config.ner.overlap = "nested"
+    with pytest.raises(ValueError, match="ner.overlap"):
+        check_choices(config)
+
+
+def _write_ner_predictions(workdir, split, settings):
+    from lai_jax import train
+    from lai_jax.data.documents import Document, Entity, Sentence
+    docs = [Document("d0", [Sentence(["a", "b"], [Entity(0, 0, "Method")])])]
+    train.write_predictions(Path(workdir) / "predictions" / f"{split}.jsonl", docs, settings)
+
+
+def test_re_refuses_dev_and_test_entities_decoded_differently(tmp_path, caplog):
+    from lai_jax import train
+    from lai_jax.config_base import base_config
+    from lai_jax.evaluate import ensure_predictions
+    ner = base_config("scierc", "ner")
+    (tmp_path / "config.json").write_text(json.dumps(ner.to_dict()))
+    settings = train.prediction_settings(ner, 120)
+    assert settings == {"phase": "ner", "checkpoint_step": 120, "model.use_filter": True,
+                        "ner.filter_threshold": 0.5, "ner.overlap": "plmarker"}
+    _write_ner_predictions(tmp_path, "dev", settings)
+    _write_ner_predictions(tmp_path, "test", settings)
+    assert json.loads((tmp_path / "predictions" / "test.settings.json").read_text()) == settings
+    assert ensure_predictions(tmp_path, "test") == tmp_path / "predictions" / "test.jsonl"
+    # test rewritten with another threshold (evaluate --set=ner.filter_threshold=0.3 on test only)
+    ner.ner.filter_threshold = 0.3
+    _write_ner_predictions(tmp_path, "test", train.prediction_settings(ner, 120))
+    for split in ("dev", "test"):
+        with pytest.raises(ValueError) as e:
+            ensure_predictions(tmp_path, split)
+        msg = str(e.value)
+        for name in ("dev.jsonl", "test.jsonl"):
+            assert str(tmp_path / "predictions" / name) in msg
+        assert "ner.filter_threshold: 0.5 in dev.jsonl, 0.3 in test.jsonl" in msg
+        assert "ner.overlap" not in msg and "checkpoint_step" not in msg
+    # the RE run reads them through predicted_entities: refused there too
+    re_config = base_config("scierc", "re")
+    re_config.re.entities_from = str(tmp_path)
+    with pytest.raises(ValueError, match="different settings"):
+        train.predicted_entities(re_config, "dev", [])
+    # same settings again -> accepted; a different checkpoint step is a mismatch as well
+    _write_ner_predictions(tmp_path, "test", settings)
+    ensure_predictions(tmp_path, "dev")
+    _write_ner_predictions(tmp_path, "dev", train.prediction_settings(base_config("scierc", "ner"), 90))
+    with pytest.raises(ValueError, match="checkpoint_step: 90 in dev.jsonl, 120 in test.jsonl"):
+        ensure_predictions(tmp_path, "test")
+    # a file written before settings were recorded cannot be checked: a warning, not a refusal
+    _write_ner_predictions(tmp_path, "dev", None)
+    assert not (tmp_path / "predictions" / "dev.settings.json").exists()
+    with caplog.at_level("WARNING", logger="lai_jax"):
+        ensure_predictions(tmp_path, "test")
+    assert "dev.settings.json" in caplog.text
+
+
 def test_unknown_config_field_is_an_error(tmp_path):
     out = run(["-m", "lai_jax.main", "--config=configs/quick.py:ner", "--config.model.no_such_field=1",
                f"--workdir={tmp_path}"], check=False)
@@ -221,12 +291,14 @@ def test_parse_assignment_types_and_errors():
     c = base_config("scierc", "ner")
     assert parse_assignment(c, "model.dropout_bits=32") == ("model.dropout_bits", 32)
     assert parse_assignment(c, "model.attention_dropout=0") == ("model.attention_dropout", 0.0)
-    assert parse_assignment(c, "ner.flat_ner=false") == ("ner.flat_ner", False)
+    assert parse_assignment(c, "model.use_filter=false") == ("model.use_filter", False)
     for bad, match in [("model.nope=1", "config field"), ("model=3", "ConfigDict"), ("model.dropout_bits=x", "not a int"),
-                       ("ner.flat_ner=maybe", "not a bool"), ("seed", "FIELD=VALUE")]:
+                       ("model.use_filter=maybe", "not a bool"), ("seed", "FIELD=VALUE")]:
         with pytest.raises(ValueError, match=match):
             parse_assignment(c, bad)
     assert parse_overrides(["re.re_decode=sum", "ner.filter_threshold=0.25"]) == {"re.re_decode": "sum",
                                                                                   "ner.filter_threshold": 0.25}
+    assert parse_overrides(["ner.overlap=flat", "eval.symmetric_count=once"]) == {"ner.overlap": "flat",
+                                                                                   "eval.symmetric_count": "once"}
     with pytest.raises(ValueError, match="fix the trained model"):
         parse_overrides(["model.gcn_layers=1"])

@@ -9,6 +9,19 @@ position id of its span's first (start marker) or last (end marker) wordpiece. I
 subject markers are real tokens inside the text (so the text's position ids shift past them) and every
 other entity gets a pair of levitated object markers. Every array has a shape fixed by the config alone,
 so one XLA compile serves a whole phase and split.
+
+Long sentences (training, evaluation and prediction alike): a sentence whose wordpieces exceed
+``max_text_len`` is covered by overlapping windows of whole words (:func:`plan_windows`); each window is
+the text core of its instances, the rest of the sentence and the document around it fill the remaining
+budget as context. Every span of at most ``max_span_len`` words whose wordpieces fit the budget lies
+wholly inside some window and is a candidate in exactly one of them: the window where it is most central
+(:func:`best_window`). Instances keep sentence-level word indices (``Instance.spans``, ``subject``), so
+decoding merges a sentence's instances whatever windows they come from. A word with more wordpieces than
+the budget is shown by its first ``max_text_len`` pieces. RE on a windowed sentence: each subject gets a
+window centred on it; an object outside it goes to a window of the subject's reaching towards the object,
+so a pair is an object slot (once per direction) whenever the words from one entity to the other fit the
+budget. A pair farther apart than that is unreachable: it gets no slot, and ``relation_stats`` counts the gold relations lost that way (``inspect --stats``). Nothing is
+dropped without being counted.
 """
 from __future__ import annotations
 
@@ -18,7 +31,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from lai_jax.data import masks
-from lai_jax.data.documents import Document, Entity
+from lai_jax.data.documents import Document, Entity, Relation
 from lai_jax.data.labels import LabelSet
 from lai_jax.decoding import RelationLabelSpace
 
@@ -26,6 +39,8 @@ from lai_jax.decoding import RelationLabelSpace
 NER_START, NER_END = "[unused0]", "[unused1]"
 SUBJ_START, SUBJ_END = "[unused2]", "[unused3]"
 OBJ_START, OBJ_END = "[unused4]", "[unused5]"
+
+Span = tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +68,135 @@ def enumerate_spans(num_words: int, max_span_len: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(num_words) for j in range(i, min(num_words, i + max_span_len))]
 
 
+def plan_windows(piece_counts: Sequence[int], budget: int, max_span_len: int) -> list[tuple[int, int]]:
+    """Word windows [lo, hi) of a sentence: each fits `budget` wordpieces, together they cover every word.
+
+    Consecutive windows share ``2 * max_span_len`` words (fewer for windows of under 4 * max_span_len
+    words, but at least ``max_span_len - 1`` unless the pieces of that overlap plus the next word exceed
+    the budget), and each window reaches further than the one before. So every word is covered, there
+    are at most as many windows as words, and each span of at most ``max_span_len`` words whose pieces fit
+    the budget lies wholly inside some window. The last window is stretched backwards to use the whole
+    budget. A count above ``budget`` is treated as ``budget`` (the featurizer shortens such words).
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be positive, got {budget}")
+    counts = [min(max(int(c), 1), budget) for c in piece_counts]
+    n = len(counts)
+    if sum(counts) <= budget:
+        return [(0, n)] if n else []
+    min_overlap = max(max_span_len - 1, 0)
+    windows: list[tuple[int, int]] = []
+    lo = 0
+    while True:
+        hi, total = lo, 0
+        while hi < n and total + counts[hi] <= budget:
+            total += counts[hi]
+            hi += 1
+        if hi == n:
+            while lo > 0 and total + counts[lo - 1] <= budget:
+                lo -= 1
+                total += counts[lo]
+            windows.append((lo, n))
+            return windows
+        windows.append((lo, hi))
+        overlap = max(min_overlap, min(2 * max_span_len, (hi - lo) // 2))
+        lo = max(lo + 1, hi - overlap)
+        # The next window must take in word `hi`: drop overlap that would leave it no room. (A span
+        # starting before the new `lo` and reaching `hi` has more pieces than the budget anyway.)
+        total = sum(counts[lo:hi + 1])
+        while total > budget:
+            total -= counts[lo]
+            lo += 1
+
+
+def centrality(lo: int, hi: int, start: int, end: int) -> int:
+    """Words of context between the span [start, end] and the nearer edge of the window [lo, hi)."""
+    return min(start - lo, hi - 1 - end)
+
+
+def best_window(windows: Sequence[tuple[int, int]], start: int, end: int) -> Optional[int]:
+    """Index of the window holding the words [start, end] where they are most central (ties: the first
+    such window), None when no window holds them all."""
+    best, score = None, -1
+    for k, (lo, hi) in enumerate(windows):
+        if lo <= start and end < hi:
+            c = centrality(lo, hi, start, end)
+            if c > score:
+                best, score = k, c
+    return best
+
+
+def fit_window(piece_counts: Sequence[int], start: int, end: int, budget: int, toward: int = 0
+               ) -> Optional[tuple[int, int]]:
+    """A window [lo, hi) around the words [start, end] that fits `budget` (counts above the budget count as
+    the budget); None if those words alone do not fit. It grows a word at a time on alternate sides
+    (``toward=0``: centred), or first as far right (``toward=1``) or left (``toward=-1``) as it can."""
+    counts = [min(max(int(c), 1), budget) for c in piece_counts]
+    total = sum(counts[start:end + 1])
+    if total > budget:
+        return None
+    lo, hi = start, end + 1
+    sides = {0: ((-1, 1),), 1: ((1,), (-1,)), -1: ((-1,), (1,))}[toward]
+    for steps in sides:
+        grew = True
+        while grew:
+            grew = False
+            for step in steps:
+                if step < 0 and lo > 0 and total + counts[lo - 1] <= budget:
+                    lo, total, grew = lo - 1, total + counts[lo - 1], True
+                if step > 0 and hi < len(counts) and total + counts[hi] <= budget:
+                    hi, total, grew = hi + 1, total + counts[hi], True
+    return lo, hi
+
+
+def pair_labels(space: RelationLabelSpace, relations: Iterable[Relation]
+                ) -> tuple[dict[tuple[Span, Span], int], list[Relation]]:
+    """Gold class of each ordered (subject, object) slot of a sentence, and the gold relations no slot carries.
+
+    The classifier gives one class per slot (SPEC §8). For each unordered entity pair, each direction's
+    slot takes a relation it reads forward (its subject is the head; a symmetric type reads forward both
+    ways), else one it reads as inverse, preferring one the other slot does not already carry. So a single
+    relation fills both slots (forward in one, inverse in the other), and two relations on one pair
+    (opposite directions, or two types in one direction) fill one slot each; a third one has no slot and
+    is returned as lost. A relation listed twice (or a symmetric one listed both ways) counts once.
+    Note that the ``both`` and ``sum`` decoding rules read the two slots of a pair together, so they can
+    output at most one relation per pair; ``either`` can output both.
+    """
+    by_pair: dict[tuple[Span, Span], list[Relation]] = {}
+    for r in relations:
+        head, tail = tuple(r.head), tuple(r.tail)
+        if space.is_symmetric(r.type) and tail < head:
+            head, tail = tail, head
+        r = Relation(head, tail, r.type)
+        group = by_pair.setdefault((min(head, tail), max(head, tail)), [])
+        if r not in group:
+            group.append(r)
+    out: dict[tuple[Span, Span], int] = {}
+    lost: list[Relation] = []
+
+    def reads_forward(r: Relation, subj: Span) -> bool:
+        return r.head == subj or space.is_symmetric(r.type)
+
+    def label(r: Relation, subj: Span) -> int:
+        return space.forward_id(r.type) if reads_forward(r, subj) else space.inverse_id(r.type)
+
+    for (x, y), group in by_pair.items():
+        a = next((r for r in group if reads_forward(r, x)), group[0])
+        rest = [r for r in group if r is not a]
+        b = next((r for r in rest if reads_forward(r, y)), rest[0]) if rest else a
+        out[(x, y)], out[(y, x)] = label(a, x), label(b, y)
+        lost.extend(r for r in rest if r is not b)
+    return out, lost
+
+
 @dataclasses.dataclass
 class SentencePieces:
-    """Wordpieces of one sentence and its document context, cut to the text budget."""
-    ids: list[int]  # text wordpieces: left context + sentence + right context
-    word_first: list[int]  # per sentence word: index of its first wordpiece in `ids` (-1 if cut off)
+    """Wordpieces of one window of a sentence (by default the whole sentence) and its context."""
+    ids: list[int]  # text wordpieces: left context + window + right context
+    word_first: list[int]  # per sentence word: index of its first wordpiece in `ids` (-1 outside the window)
     word_last: list[int]
-    truncated: bool  # the sentence alone exceeded max_text_len
+    truncated: bool  # the window alone exceeded the budget (never for the featurizer's own windows)
+    window: tuple[int, int] = (0, 0)  # the sentence words [lo, hi) the text core holds
 
 
 @dataclasses.dataclass
@@ -70,6 +207,7 @@ class Instance:
     sent: int  # index of the sentence in the document
     spans: list[tuple[int, int]]  # candidate (NER) or object (RE) spans, one per filled slot
     subject: Optional[tuple[int, int]] = None  # RE only
+    window: Optional[tuple[int, int]] = None  # the sentence words [lo, hi) in the text core (all, unless windowed)
 
 
 class Featurizer:
@@ -89,6 +227,14 @@ class Featurizer:
         self.re_anno = self._annotation_segment(labels.relation_annotations)
         self.rel_space = RelationLabelSpace(labels.relation_types, labels.symmetric)
         self.entity_index = {t: i + 1 for i, t in enumerate(labels.entity_types)}  # 0 = none
+
+    def entity_class(self, etype: str, doc_key: str, s: int) -> int:
+        """Class id of a gold entity type; an unknown type is an error, never "none"."""
+        if etype not in self.entity_index:
+            raise ValueError(f"document {doc_key!r}, sentence {s}: gold entity type {etype!r} is not in the label "
+                             f"file{' ' + self.labels.source if self.labels.source else ''} "
+                             f"(known: {', '.join(self.entity_index)})")
+        return self.entity_index[etype]
 
     # ----------------------------------------------------------------------------------- shapes
     def _annotation_segment(self, annotations: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -126,23 +272,31 @@ class Featurizer:
             out.append([p or [self.unk_id] for p in pieces])
         return out
 
-    def sentence_pieces(self, doc_pieces: list[list[list[int]]], s: int, budget: int) -> SentencePieces:
-        """Sentence s with left/right document context filling `budget` wordpieces (half each side first)."""
+    def sentence_pieces(self, doc_pieces: list[list[list[int]]], s: int, budget: int,
+                        window: Optional[tuple[int, int]] = None) -> SentencePieces:
+        """Window [lo, hi) of sentence s (default: the whole sentence) with context filling `budget` wordpieces.
+
+        The context is the rest of the sentence and the document around the window, half each side first. A
+        word of more than `budget` pieces keeps its first `budget`. Should the window itself exceed the
+        budget (not for windows of `windows`), its words from the first that does not fit on are cut
+        (word_first -1) and `truncated` is set.
+        """
+        words = [w[:budget] for w in doc_pieces[s]]
+        lo, hi = window if window is not None else (0, len(words))
         sent_ids: list[int] = []
-        first, last = [], []
+        first, last = [-1] * len(words), [-1] * len(words)
         cut = False
-        for word in doc_pieces[s]:
+        for i in range(lo, hi):
             # Once a word does not fit, every later word is cut too: the kept text never has a gap.
-            cut = cut or len(sent_ids) + len(word) > budget
+            cut = cut or len(sent_ids) + len(words[i]) > budget
             if cut:
-                first.append(-1), last.append(-1)
                 continue
-            first.append(len(sent_ids))
-            sent_ids.extend(word)
-            last.append(len(sent_ids) - 1)
-        truncated = sum(len(w) for w in doc_pieces[s]) > budget
-        left_ctx = [p for sent in doc_pieces[:s] for w in sent for p in w]
-        right_ctx = [p for sent in doc_pieces[s + 1:] for w in sent for p in w]
+            first[i] = len(sent_ids)
+            sent_ids.extend(words[i])
+            last[i] = len(sent_ids) - 1
+        truncated = sum(len(w) for w in words[lo:hi]) > budget
+        left_ctx = [p for sent in doc_pieces[:s] for w in sent for p in w] + [p for w in words[:lo] for p in w]
+        right_ctx = [p for w in words[hi:] for p in w] + [p for sent in doc_pieces[s + 1:] for w in sent for p in w]
         room = budget - len(sent_ids)
         n_right = min(len(right_ctx), room - min(len(left_ctx), room // 2))
         n_left = min(len(left_ctx), room - n_right)
@@ -150,7 +304,13 @@ class Featurizer:
         ids = left + sent_ids + right_ctx[:n_right]
         shift = len(left)
         return SentencePieces(ids=ids, word_first=[f + shift if f >= 0 else -1 for f in first],
-                              word_last=[l + shift if l >= 0 else -1 for l in last], truncated=truncated)
+                              word_last=[l + shift if l >= 0 else -1 for l in last], truncated=truncated,
+                              window=(lo, hi))
+
+    def windows(self, doc_pieces: list[list[list[int]]], s: int) -> list[tuple[int, int]]:
+        """The word windows of sentence s (one, [0, m), when it fits max_text_len; [(0, 0)] when empty)."""
+        c = self.cfg
+        return plan_windows([len(w) for w in doc_pieces[s]], c.max_text_len, c.max_span_len) or [(0, 0)]
 
     # -------------------------------------------------------------------------------- assembly
     def _assemble(self, text_ids: list[int], phase: str,
@@ -205,28 +365,48 @@ class Featurizer:
         return arr
 
     def ner_instances(self, docs: Sequence[Document], with_labels: bool = True) -> tuple[list[Instance], dict]:
-        """All NER instances of a split, and the statistics `inspect --stats` prints."""
+        """All NER instances of a split, and the statistics `inspect --stats` prints.
+
+        Stats: sentences, instances, slots, filled (candidate slots), gold and reachable (gold entities that
+        are a candidate), too_long (gold entities longer than max_span_len, never candidates), windowed
+        (sentences cut into several windows), long_words (words shown by their first max_text_len pieces),
+        spans_unreachable (spans of <= max_span_len words whose pieces exceed max_text_len).
+        """
         c = self.cfg
         out: list[Instance] = []
-        stats = dict(sentences=0, instances=0, slots=0, filled=0, gold=0, reachable=0, truncated=0)
+        stats = dict(sentences=0, instances=0, slots=0, filled=0, gold=0, reachable=0, too_long=0, windowed=0,
+                     long_words=0, spans_unreachable=0)
         for d, doc in enumerate(docs):
             pieces = self.word_pieces(doc)
             for s, sent in enumerate(doc.sentences):
-                sp = self.sentence_pieces(pieces, s, c.max_text_len)
+                wins = self.windows(pieces, s)
                 stats["sentences"] += 1
-                stats["truncated"] += sp.truncated
-                spans = [(i, j) for i, j in enumerate_spans(len(sent.words), c.max_span_len)
-                         if sp.word_last[j] >= 0]  # spans cut off by max_text_len cannot be marked
-                gold = {(e.start, e.end): self.entity_index.get(e.type, 0) for e in sent.entities}
+                stats["windowed"] += len(wins) > 1
+                stats["long_words"] += sum(len(w) > c.max_text_len for w in pieces[s])
+                spans = enumerate_spans(len(sent.words), c.max_span_len)
+                if len(wins) == 1:
+                    owned = [spans]
+                else:
+                    owner = [best_window(wins, i, j) for i, j in spans]
+                    owned = [[sp for sp, o in zip(spans, owner) if o == k] for k in range(len(wins))]
+                    stats["spans_unreachable"] += owner.count(None)
+                gold = {(e.start, e.end): self.entity_class(e.type, doc.doc_key, s) if with_labels else 0
+                        for e in sent.entities}
                 stats["gold"] += len(gold)
-                span_set = set(spans)
+                stats["too_long"] += sum(b - a >= c.max_span_len for a, b in gold)
+                span_set = {sp for chunk in owned for sp in chunk}
                 stats["reachable"] += sum(g in span_set for g in gold)
-                for lo in range(0, max(len(spans), 1), c.max_candidates):
-                    chunk = spans[lo:lo + c.max_candidates]
-                    out.append(self._ner_instance(sp, chunk, gold if with_labels else {}, d, s))
-                    stats["instances"] += 1
-                    stats["slots"] += c.max_candidates
-                    stats["filled"] += len(chunk)
+                n_before = len(out)
+                for win, win_spans in zip(wins, owned):
+                    if not win_spans and (len(out) > n_before or win != wins[-1]):
+                        continue  # a window owning no span needs no instance (but every sentence gets one)
+                    sp = self.sentence_pieces(pieces, s, c.max_text_len, win)
+                    for lo in range(0, max(len(win_spans), 1), c.max_candidates):
+                        chunk = win_spans[lo:lo + c.max_candidates]
+                        out.append(self._ner_instance(sp, chunk, gold if with_labels else {}, d, s))
+                        stats["instances"] += 1
+                        stats["slots"] += c.max_candidates
+                        stats["filled"] += len(chunk)
         return out, stats
 
     def _ner_instance(self, sp: SentencePieces, chunk, gold, d, s) -> Instance:
@@ -239,14 +419,16 @@ class Featurizer:
             ts[slot], te[slot] = a, b
             labels[slot] = gold.get(span, 0)
         arr.update(cand_text_start=ts, cand_text_end=te, labels=labels)
-        return Instance(arr, d, s, list(chunk))
+        return Instance(arr, d, s, list(chunk), window=sp.window)
 
     def re_instances(self, docs: Sequence[Document], entities: Optional[Sequence[Sequence[Sequence[Entity]]]] = None,
                      ) -> list[Instance]:
-        """One instance per subject entity (more if it has over max_objects objects).
+        """One instance per subject entity and window (more if it has over max_objects objects there).
 
         entities[d][s] overrides the gold entities of sentence s of document d (end-to-end evaluation
-        on predicted entities); labels are then still read from the gold relations where spans match.
+        on predicted entities); labels are then still read from the gold relations where spans match
+        (`pair_labels`). Each ordered entity pair is an object slot exactly once, unless it is unreachable
+        (module docstring).
         """
         c = self.cfg
         out: list[Instance] = []
@@ -255,21 +437,105 @@ class Featurizer:
             for s, sent in enumerate(doc.sentences):
                 ents = list(entities[d][s]) if entities is not None else list(sent.entities)
                 spans = sorted({(e.start, e.end) for e in ents})
-                gold = {(r.head, r.tail): r.type for r in sent.relations}
+                if not spans:
+                    continue
+                wins, assign, home = self._re_plan(pieces, s, spans)
+                gold = pair_labels(self.rel_space, sent.relations)[0]
+                texts: dict[int, SentencePieces] = {}
                 for subj in spans:
-                    objs = [o for o in spans if o != subj]
-                    for lo in range(0, max(len(objs), 1), c.max_objects):
-                        inst = self._re_instance(pieces, s, subj, objs[lo:lo + c.max_objects], gold, d)
-                        if inst is not None:
-                            out.append(inst)
+                    groups: dict[int, list[Span]] = {}
+                    for o in spans:
+                        if o != subj and (subj, o) in assign:
+                            groups.setdefault(assign[(subj, o)], []).append(o)
+                    if not groups:  # no object within reach: one instance without objects, as for a lone entity
+                        if subj not in home:
+                            continue  # the subject alone exceeds max_text_len: counted by relation_stats
+                        groups[home[subj]] = []
+                    for k in sorted(groups):
+                        if k not in texts:
+                            texts[k] = self.sentence_pieces(pieces, s, c.max_text_len, wins[k])
+                        objs = groups[k]
+                        for lo in range(0, max(len(objs), 1), c.max_objects):
+                            out.append(self._re_instance(texts[k], subj, objs[lo:lo + c.max_objects], gold, d, s))
         return out
 
-    def _re_instance(self, pieces, s: int, subj, objs, gold, d) -> Optional[Instance]:
+    def _re_plan(self, pieces, s: int, spans: Sequence[Span]) -> tuple[list[tuple[int, int]], dict, dict]:
+        """RE windows of sentence s: (windows, window index of each ordered pair within reach, of each subject).
+
+        A sentence within max_text_len is one window. Otherwise each subject x has its own window centred on
+        it (`fit_window`); an object y outside it goes to x's window reaching as far right (y after x) or
+        left (y before x) as the budget allows, so the pair has a slot whenever the words from one entity
+        to the other fit max_text_len: at most three windows per subject. A pair beyond that is unreachable
+        (left out of the dict); a subject too long for any window has none.
+        """
         c = self.cfg
-        sp = self.sentence_pieces(pieces, s, c.max_text_len)
-        if sp.word_last[subj[1]] < 0:
-            return None  # subject cut off by max_text_len: it cannot carry solid markers
-        objs = [o for o in objs if sp.word_last[o[1]] >= 0]
+        counts = [len(w) for w in pieces[s]]
+        wins = self.windows(pieces, s)
+        if len(wins) == 1:
+            return wins, {(x, y): 0 for x in spans for y in spans if x != y}, {x: 0 for x in spans}
+        wins, index = [], {}
+
+        def window_id(w: tuple[int, int]) -> int:
+            if w not in index:
+                index[w] = len(wins)
+                wins.append(w)
+            return index[w]
+
+        def holds(w: Optional[tuple[int, int]], span: Span) -> bool:
+            return w is not None and w[0] <= span[0] and span[1] < w[1]
+
+        assign: dict[tuple[Span, Span], int] = {}
+        home: dict[Span, int] = {}
+        for x in spans:
+            own = fit_window(counts, x[0], x[1], c.max_text_len)
+            if own is None:
+                continue
+            home[x] = window_id(own)
+            for y in spans:
+                if y == x:
+                    continue
+                w = own
+                if not holds(w, y):
+                    toward = 1 if y[0] >= x[0] else -1 if y[1] <= x[1] else 0
+                    w = fit_window(counts, min(x[0], y[0]), max(x[1], y[1]), c.max_text_len, toward)
+                if holds(w, y):
+                    assign[(x, y)] = window_id(w)
+        return wins, assign, home
+
+    def relation_stats(self, docs: Sequence[Document]) -> dict:
+        """What RE training on the gold entities of `docs` can see of their gold relations (`inspect --stats`).
+
+        relations: gold relations; unreachable: those whose entities no window of max_text_len holds together
+        (or that join a span which is not a gold entity); unrepresented: those no slot label carries (a third
+        relation on one entity pair, see `pair_labels`); multi_pairs: entity pairs with two or more gold
+        relations (the ``both`` and ``sum`` decoding rules output at most one per pair); windowed: sentences
+        with entities cut into several windows.
+        """
+        st = dict(relations=0, unreachable=0, unrepresented=0, multi_pairs=0, windowed=0)
+        for doc in docs:
+            pieces = self.word_pieces(doc)
+            for s, sent in enumerate(doc.sentences):
+                spans = sorted({(e.start, e.end) for e in sent.entities})
+                st["relations"] += len(sent.relations)
+                if not spans:
+                    st["unreachable"] += len(sent.relations)
+                    continue
+                st["windowed"] += len(self.windows(pieces, s)) > 1
+                assign = self._re_plan(pieces, s, spans)[1]
+                st["unreachable"] += sum((tuple(r.head), tuple(r.tail)) not in assign for r in sent.relations)
+                st["unrepresented"] += len(pair_labels(self.rel_space, sent.relations)[1])
+                pairs: dict[tuple[Span, Span], set] = {}
+                for r in sent.relations:
+                    head, tail = tuple(r.head), tuple(r.tail)
+                    if self.rel_space.is_symmetric(r.type) and tail < head:
+                        head, tail = tail, head
+                    pairs.setdefault((min(head, tail), max(head, tail)), set()).add((head, tail, r.type))
+                st["multi_pairs"] += sum(len(v) > 1 for v in pairs.values())
+        return st
+
+    def _re_instance(self, sp: SentencePieces, subj: Span, objs: Sequence[Span], gold: dict, d: int, s: int
+                     ) -> Instance:
+        c = self.cfg
         a, b = sp.word_first[subj[0]], sp.word_last[subj[1]]
         ids = sp.ids[:a] + [self.marker_ids[SUBJ_START]] + sp.ids[a:b + 1] + [self.marker_ids[SUBJ_END]] + sp.ids[b + 1:]
 
@@ -281,9 +547,9 @@ class Featurizer:
                              (self.marker_ids[OBJ_START], self.marker_ids[OBJ_END]))
         labels = np.zeros(c.max_objects, np.int32)
         for slot, o in enumerate(objs):
-            labels[slot] = self.rel_space.gold_label(gold.get((subj, o)), gold.get((o, subj)))
+            labels[slot] = gold.get((subj, o), 0)
         arr.update(subj_marker_start=np.int32(1 + a), subj_marker_end=np.int32(1 + b + 2), labels=labels)
-        return Instance(arr, d, s, list(objs), subject=subj)
+        return Instance(arr, d, s, list(objs), subject=subj, window=sp.window)
 
 
 def stack(instances: Sequence[Instance], size: Optional[int] = None) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ class LabelSet:
     relation_types: tuple[str, ...]
     relation_annotations: tuple[str, ...]
     symmetric: tuple[bool, ...]  # per relation type: is it its own inverse?
+    source: str = dataclasses.field(default="", compare=False)  # the file it was read from, for error messages
 
     def __post_init__(self):
         if len(self.entity_types) != len(self.entity_annotations):
@@ -91,7 +92,8 @@ def load_labels(path: PathLike) -> LabelSet:
     if not path.is_file():
         raise DataError(path, "file", "path", "file not found")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_pairs_no_duplicates(path))
+        # utf-8-sig: a byte-order mark (as Windows editors write) is not part of the JSON.
+        obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_pairs_no_duplicates(path))
     except json.JSONDecodeError as e:
         raise DataError(path, f"line {e.lineno}", "json", f"invalid JSON: {e.msg} (column {e.colno})") from None
     except UnicodeDecodeError as e:
@@ -138,4 +140,5 @@ def load_labels(path: PathLike) -> LabelSet:
         rel_annos.append(_annotation(path, f"relations.{rtype}", "annotation", spec["annotation"]))
         symmetric.append(spec["symmetric"])
 
-    return LabelSet(tuple(ent_types), tuple(ent_annos), tuple(rel_types), tuple(rel_annos), tuple(symmetric))
+    return LabelSet(tuple(ent_types), tuple(ent_annos), tuple(rel_types), tuple(rel_annos), tuple(symmetric),
+                    source=str(path))

@@ -28,7 +28,9 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(path, "file", "path", "not a regular file")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig drops a byte-order mark (as Windows editors write); CRLF line ends are whitespace to JSON
+        # and split like LF by str.splitlines.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(path, "file", "encoding", f"not UTF-8: {e}") from None
     if not text.strip():
@@ -56,12 +58,16 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_type(kind: str, type_: Any, allowed: Optional[Sequence[str]], src: PathLike, where: str,
-                field: str) -> str:
+def _check_type(kind: str, type_: Any, labels: Optional[LabelSet], src: PathLike, where: str, field: str) -> str:
+    """A gold type must be one the label file lists: never mapped to "none" or dropped."""
     if not isinstance(type_, str) or not type_:
         raise DataError(src, where, field, f"{kind} type must be a non-empty string, got {_short(type_)}")
-    if allowed is not None and type_ not in allowed:
-        raise DataError(src, where, field, f"unknown {kind} type {type_!r} (known: {', '.join(allowed)})")
+    if labels is not None:
+        allowed = labels.entity_types if kind == "entity" else labels.relation_types
+        if type_ not in allowed:
+            where_from = f" in the label file {labels.source}" if labels.source else ""
+            raise DataError(src, where, field, f"unknown {kind} type {type_!r}: not{where_from} "
+                                               f"(known: {', '.join(allowed)})")
     return type_
 
 
@@ -105,8 +111,6 @@ def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: P
         return value
 
     ner, rels = per_sentence("ner"), per_sentence("relations")
-    ent_types = labels.entity_types if labels is not None else None
-    rel_types = labels.relation_types if labels is not None else None
 
     words_all = [_words(s, source, where, f"sentences[{i}]") for i, s in enumerate(sentences)]
     starts = [0]
@@ -137,7 +141,7 @@ def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: P
                     else "lies outside its sentence"
                 raise DataError(source, where, field,
                                 f"entity [{s}, {e}] {what}: sentence {i} covers words [{lo}, {hi}]")
-            _check_type("entity", t, ent_types, source, where, field)
+            _check_type("entity", t, labels, source, where, field)
             entities.append(Entity(s - lo, e - lo, t))
         spans = {ent.span for ent in entities}
         relations: list[Relation] = []
@@ -150,7 +154,7 @@ def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: P
                 if span not in spans:
                     raise DataError(source, where, field,
                                     f"{role} {raw} is not an annotated entity of sentence {i} (see ner[{i}])")
-            _check_type("relation", item[4], rel_types, source, where, field)
+            _check_type("relation", item[4], labels, source, where, field)
             relations.append(Relation(head, tail, item[4]))
         out.append(Sentence(words=words, entities=entities, relations=relations))
     return Document(doc_key=doc_key, sentences=out)
@@ -162,7 +166,10 @@ def read_pure(path: PathLike, labels: Optional[LabelSet] = None, *,
     path = Path(path)
     docs: list[Document] = []
     keys: dict[str, int] = {}
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    # Lines end at "\n" (a CR before it is dropped): str.splitlines would also cut at characters such as
+    # U+2028 or U+0085, which JSON allows unescaped inside strings.
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue  # blank lines (e.g. a trailing one) carry no document
         where = f"line {lineno}"
@@ -189,8 +196,6 @@ def sentence_from_spert(obj: Any, labels: Optional[LabelSet] = None, *, source: 
         raise DataError(source, where, "<sentence>", f"expected a JSON object, got {type(obj).__name__}")
     words = _words(_require(obj, "tokens", list, source, where, "tokens"), source, where, "tokens")
     n = len(words)
-    ent_types = labels.entity_types if labels is not None else None
-    rel_types = labels.relation_types if labels is not None else None
 
     def listed(key: str) -> list:
         if key not in obj and not require_annotations:
@@ -209,7 +214,7 @@ def sentence_from_spert(obj: Any, labels: Optional[LabelSet] = None, *, source: 
             raise DataError(source, where, field, f"reversed or empty span: start {s} >= end {e} (end is exclusive)")
         if s < 0 or e > n:
             raise DataError(source, where, field, f"offsets [{s}, {e}) out of range: sentence has {n} words")
-        _check_type("entity", t, ent_types, source, where, f"{field}.type")
+        _check_type("entity", t, labels, source, where, f"{field}.type")
         entities.append(Entity(s, e - 1, t))
 
     relations: list[Relation] = []
@@ -225,7 +230,7 @@ def sentence_from_spert(obj: Any, labels: Optional[LabelSet] = None, *, source: 
                                 f"entity index {k} out of range: sentence has {len(entities)} entities")
             args.append(entities[k].span)
         t = _require(item, "type", str, source, where, f"{field}.type")
-        _check_type("relation", t, rel_types, source, where, f"{field}.type")
+        _check_type("relation", t, labels, source, where, f"{field}.type")
         relations.append(Relation(args[0], args[1], t))
     return Sentence(words=words, entities=entities, relations=relations)
 

@@ -70,7 +70,10 @@ class _LaiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # declares as a dependency for Python < 3.9, so it fails on 3.11. The module file is the answer.
         return epath.Path(__file__)
 
-    def __init__(self, *, file_format: str | tfds.core.FileFormat = "array_record", **kwargs):
+    def __init__(self, *, file_format: str | tfds.core.FileFormat = "array_record",
+                 labels_path: Optional[str | os.PathLike] = None, **kwargs):
+        # The label file the data are validated against (training's config.data.labels); None = the staged one.
+        self._labels_file = Path(labels_path).expanduser() if labels_path else None
         # array_record is the one format tfds writes and reads without TensorFlow.
         super().__init__(file_format=file_format, **kwargs)
 
@@ -83,8 +86,9 @@ class _LaiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     # -- shared -------------------------------------------------------------------------------
     def labels_path(self) -> Path:
-        # Labels always come from the staged folder (ACE05's labels.json is shipped; its data is not).
-        return data_root() / self.DATASET / "labels.json"
+        # The caller's label file, else the staged folder's (ACE05's labels.json is shipped; its data is not).
+        # Part of the fingerprint: a build validated against another label file is rebuilt (and re-validated).
+        return self._labels_file or data_root() / self.DATASET / "labels.json"
 
     def source_files(self, manual_dir: Optional[Path] = None) -> tuple[dict[str, Path], list[Path]]:
         """(split -> file, files whose content defines the build)."""
@@ -218,14 +222,20 @@ def dataset_labels(dataset: str) -> LabelSet:
 
 
 def get_builder(dataset: str, data_dir: Optional[str | os.PathLike] = None, fold: Optional[int] = 0,
-                manual_dir: Optional[str | os.PathLike] = None) -> _LaiBuilder:
-    """A prepared builder: built on first use, rebuilt when the source files have changed."""
+                manual_dir: Optional[str | os.PathLike] = None,
+                labels_path: Optional[str | os.PathLike] = None) -> _LaiBuilder:
+    """A prepared builder: built on first use, rebuilt when the source files (or the label file) have changed.
+
+    ``labels_path``: the label file every gold type must be in (default: the staged ``<dataset>/labels.json``).
+    """
     cls = _builder_class(dataset)
     if dataset != "ade" and fold not in (0, None):
         raise ValueError(f"dataset {dataset!r} has no folds (got fold={fold!r})")
     fold = 0 if fold is None else fold
     _check_fold(dataset, fold if dataset == "ade" else None)
-    kwargs = {"config": f"fold{fold}"} if dataset == "ade" else {}
+    kwargs: dict = {"config": f"fold{fold}"} if dataset == "ade" else {}
+    if labels_path:
+        kwargs["labels_path"] = labels_path
     data_dir = os.fspath(data_dir) if data_dir is not None else os.fspath(default_tfds_dir())
     mdir = Path(manual_dir).expanduser() if manual_dir is not None else None
     if mdir is not None and not mdir.is_dir():
@@ -253,12 +263,15 @@ def get_builder(dataset: str, data_dir: Optional[str | os.PathLike] = None, fold
 
 
 def load_split(dataset: str, split: str, data_dir: Optional[str | os.PathLike] = None, fold: Optional[int] = 0,
-               manual_dir: Optional[str | os.PathLike] = None) -> list[Document]:
+               manual_dir: Optional[str | os.PathLike] = None,
+               labels_path: Optional[str | os.PathLike] = None) -> list[Document]:
     """Documents of one split (tfds split syntax such as ``"train+dev"`` works), built once and cached.
 
-    ``fold`` only applies to ADE; ``manual_dir`` only to ACE05 (needed for its first build).
+    ``fold`` only applies to ADE; ``manual_dir`` only to ACE05 (needed for its first build). Every gold type
+    must be in ``labels_path`` (default: the staged ``<dataset>/labels.json``): a DataError names the source
+    file, the document and the field otherwise.
     """
-    builder = get_builder(dataset, data_dir=data_dir, fold=fold, manual_dir=manual_dir)
+    builder = get_builder(dataset, data_dir=data_dir, fold=fold, manual_dir=manual_dir, labels_path=labels_path)
     source = f"tfds:{builder_name(dataset, (fold or 0) if dataset == 'ade' else None)}"
     for part in split.split("+"):
         base = part.split("[")[0].strip()
