@@ -407,6 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
     t0, step = time.time(), start_step
     epoch_plan: tuple[int, list] = (-1, [])
+    last_dev: tuple = (None, None, None)  # (step, predictions, scores) of the latest dev evaluation
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -427,7 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write_scalars(step, {**host, "steps_per_s": rate})
             if step % eval_every == 0 or step == total_steps:
                 host_state = runner.get_state(state)
-                _, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev", buckets)
+                dev_pred, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev", buckets)
+                last_dev = (step, dev_pred, dev_result)
                 f1 = headline_f1(setup, dev_result)
                 writer.write_scalars(step, flat_metrics(dev_result, "dev"))
                 table = metrics_lib.format_table(dev_result, table_tasks(config))
@@ -447,7 +449,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": ckpt.best_step(),
                                "steps": step, "wall_s": round(time.time() - t0, 1)}
     for split in ("dev", "test"):
-        pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split, buckets)
+        if split == "dev" and last_dev[0] == results["best_step"]:
+            pred, result = last_dev[1:]  # the best checkpoint is the last one scored on dev: same outputs
+        else:
+            pred, result = evaluate_docs(runner, best, setup, docs[split], ents.get(split), split, buckets)
         write_predictions(workdir_p / "predictions" / f"{split_name(config, split)}.jsonl", pred,
                           prediction_settings(config, results["best_step"]))
         results[split] = result
