@@ -153,6 +153,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re = ml_collections.ConfigDict()
     # NER workdir whose predictions supply entities for end-to-end RE ("" = gold entities).
     c.re.entities_from = ""
+    # Start the RE encoder from the entities_from NER run's fine-tuned encoder instead of the pretrained one
+    # (PURE / PL-Marker and the paper start from the pretrained encoder; this transfers what NER learned).
+    c.re.init_from_ner = False
     # Direction rule: both (paper) | either | sum (PL-Marker).
     c.re.re_decode = "both"
     # Probability threshold of a direction's decision.

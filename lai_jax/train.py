@@ -160,9 +160,25 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) ->
     """Fresh parameters (heads random, encoder from the pretrained weights) and optimiser state."""
     rng = jax.random.PRNGKey(setup.config.seed)
     init_rng, dropout_rng = jax.random.split(rng)
-    params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, setup.encoder_params))
+    encoder_params = setup.encoder_params
+    if setup.config.phase == "re" and setup.config.re.init_from_ner:
+        encoder_params = ner_encoder_params(setup.config)
+    params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
     return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
+
+
+def ner_encoder_params(config) -> dict:
+    """The fine-tuned encoder of the NER run in `re.entities_from` (its best checkpoint), to start RE from."""
+    if not config.re.entities_from:
+        raise ValueError("re.init_from_ner needs re.entities_from: the NER run whose encoder RE starts from")
+    from lai_jax.evaluate import restore_run
+    setup, runner, state = restore_run(config.re.entities_from)
+    if setup.config.encoder != config.encoder:
+        raise ValueError(f"re.init_from_ner: the NER run {config.re.entities_from} used encoder "
+                         f"{setup.config.encoder!r}, this run {config.encoder!r}")
+    log.info("RE encoder starts from the NER run's best checkpoint (%s)", config.re.entities_from)
+    return runner.get_state(state).params["encoder"]
 
 
 # -------------------------------------------------------------------------------------------- evaluation

@@ -371,3 +371,27 @@ def test_predict_pure_stdin_to_stdout_entities_only(workdirs, monkeypatch, capsy
         for e in o["entities"]:
             assert "char_start" not in e
             assert e["text"] == " ".join(o["tokens"][e["sentence"]][e["start"]:e["end"] + 1])
+
+
+def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
+    """re.init_from_ner: the RE run's initial encoder is the NER run's best encoder, not the pretrained one."""
+    import jax
+    from lai_jax import evaluate, train
+    from lai_jax.data import features
+    ner, _ = workdirs
+    config = tiny_config("re", tiny_bert, max_text_len=32, max_objects=4,
+                         **{"re.entities_from": ner, "re.init_from_ner": True})
+    setup = train.build(config)
+    sample = features.stack(train.instances_for(setup, [train.dummy_document()])[:1])
+    started = train.init_state(setup, sample, total_steps=1).params["encoder"]
+    nsetup, runner, nstate = evaluate.restore_run(ner)
+    trained = runner.get_state(nstate).params["encoder"]
+    pretrained = setup.encoder_params
+    leaves = zip(jax.tree.leaves(started), jax.tree.leaves(trained), jax.tree.leaves(pretrained))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b, _ in leaves)
+    assert any(not np.array_equal(np.asarray(b), np.asarray(c)) for _, b, c in
+               zip(jax.tree.leaves(started), jax.tree.leaves(trained), jax.tree.leaves(pretrained)))
+    with config.unlocked():
+        config.re.entities_from = ""
+    with pytest.raises(ValueError, match="needs re.entities_from"):
+        train.init_state(train.build(config), sample, total_steps=1)
