@@ -155,6 +155,7 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re.entities_from = ""
     # Start the RE encoder from the entities_from NER run's fine-tuned encoder instead of the pretrained one
     # (PURE / PL-Marker and the paper start from the pretrained encoder; this transfers what NER learned).
+    # Without entities_from (RE on gold entities) there is no NER run and the pretrained encoder is used.
     c.re.init_from_ner = False
     # Direction rule: both (paper) | either | sum (PL-Marker).
     c.re.re_decode = "both"

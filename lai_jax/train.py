@@ -162,7 +162,10 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) ->
     init_rng, dropout_rng = jax.random.split(rng)
     encoder_params = setup.encoder_params
     if setup.config.phase == "re" and setup.config.re.init_from_ner:
-        encoder_params = ner_encoder_params(setup.config)
+        if setup.config.re.entities_from:
+            encoder_params = ner_encoder_params(setup.config)
+        else:
+            log.warning("re.init_from_ner is set but re.entities_from is empty: RE starts from the pretrained encoder")
     params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
     return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
@@ -170,8 +173,6 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) ->
 
 def ner_encoder_params(config) -> dict:
     """The fine-tuned encoder of the NER run in `re.entities_from` (its best checkpoint), to start RE from."""
-    if not config.re.entities_from:
-        raise ValueError("re.init_from_ner needs re.entities_from: the NER run whose encoder RE starts from")
     from lai_jax.evaluate import restore_run
     setup, runner, state = restore_run(config.re.entities_from)
     if setup.config.encoder != config.encoder:
