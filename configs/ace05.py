@@ -19,7 +19,9 @@ def get_config(phase: str = "ner"):
     c.num_epochs = 80 if ner else 60  # paper A.1
     c.cold_start_epochs = 15 if ner else 0  # paper A.1
     c.optim.learning_rate = 4e-4  # paper A.1
-    c.optim.encoder_learning_rate = 5e-5  # paper: 4e-4 for all layers; see README
+    # Paper A.1: one rate, 4e-4, for all layers. Measured on the quick job (MiniLM): no divergence, dev NER F1
+    # 65.6 against 65.4 with 2e-4 on the encoder; --config.optim.encoder_learning_rate=5e-5 is the usual BERT rate.
+    c.optim.encoder_learning_rate = 4e-4
     # Paper Table 2, ACE05: NER F1 90.44 (= Table 1) with 2 layers and with 4 heads; RE 72.06 / RE+ 70.27
     # (= Table 1) with 2 layers and with 2 heads.
     c.model.gcn_layers = 2

@@ -21,7 +21,9 @@ def get_config(phase: str = "ner"):
     c.num_epochs = 80 if ner else 60  # paper A.1
     c.cold_start_epochs = 40 if ner else 0  # paper A.1
     c.optim.learning_rate = 4e-4  # paper A.1
-    c.optim.encoder_learning_rate = 5e-5  # paper: 4e-4 for all layers; see README
+    # Paper A.1: one rate, 4e-4, for all layers. Measured on the quick job (MiniLM): no divergence, dev NER F1
+    # 65.6 against 65.4 with 2e-4 on the encoder; --config.optim.encoder_learning_rate=5e-5 is the usual BERT rate.
+    c.optim.encoder_learning_rate = 4e-4
     # Paper Table 2, ADE: RE 82.09 / RE+ 81.25 (= Table 1) with 1 layer and with 3 heads. Its NER F1 (90.49 in
     # Table 1) is the 0-layer entry and no NER value is given per head count, so NER keeps the RE setting;
     # --config.model.gcn_layers=0 is that 0-layer entry.

@@ -20,7 +20,9 @@ def get_config(phase: str = "ner"):
     c.num_epochs = 80 if ner else 60  # paper A.1
     c.cold_start_epochs = 40 if ner else 0  # paper A.1
     c.optim.learning_rate = 4e-4  # paper A.1
-    c.optim.encoder_learning_rate = 5e-5  # paper: 4e-4 for all layers; see README
+    # Paper A.1: one rate, 4e-4, for all layers. Measured on the quick job (MiniLM): no divergence, dev NER F1
+    # 65.6 against 65.4 with 2e-4 on the encoder; --config.optim.encoder_learning_rate=5e-5 is the usual BERT rate.
+    c.optim.encoder_learning_rate = 4e-4
     # Paper Table 2, SciERC: NER F1 69.94 (= Table 1) with 1 layer and with 4 heads; RE 70.41 / RE+ 60.88
     # (= Table 1) with 2 layers and with 4 heads.
     c.model.gcn_layers = 1 if ner else 2

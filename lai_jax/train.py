@@ -156,19 +156,26 @@ def build(config) -> Setup:
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 
-def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int) -> TrainState:
-    """Fresh parameters (heads random, encoder from the pretrained weights) and optimiser state."""
+def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int,
+               encoder_params: Optional[dict] = None) -> TrainState:
+    """Fresh parameters (heads random, encoder from the pretrained weights unless given) and optimiser state."""
     rng = jax.random.PRNGKey(setup.config.seed)
     init_rng, dropout_rng = jax.random.split(rng)
-    encoder_params = setup.encoder_params
-    if setup.config.phase == "re" and setup.config.re.init_from_ner:
-        if setup.config.re.entities_from:
-            encoder_params = ner_encoder_params(setup.config)
-        else:
-            log.warning("re.init_from_ner is set but re.entities_from is empty: RE starts from the pretrained encoder")
+    if encoder_params is None:
+        encoder_params = setup.encoder_params
     params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
     return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
+
+
+def initial_encoder(config) -> Optional[dict]:
+    """Encoder weights a fresh run starts from, when not the pretrained ones (`re.init_from_ner`)."""
+    if config.phase != "re" or not config.re.init_from_ner:
+        return None
+    if not config.re.entities_from:
+        log.warning("re.init_from_ner is set but re.entities_from is empty: RE starts from the pretrained encoder")
+        return None
+    return ner_encoder_params(config)
 
 
 def ner_encoder_params(config) -> dict:
@@ -407,10 +414,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              config.grad_accum_steps, list(buckets), [len(g) for g in groups])
 
     sample = features.stack(train_inst[:1])
-    state = init_state(setup, sample, total_steps)
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
+    fresh = ckpt.latest_step() is None
+    state = init_state(setup, sample, total_steps, initial_encoder(config) if fresh else None)
     start_step, best_f1 = 0, -1.0
-    if ckpt.latest_step() is not None:
+    if not fresh:
         state = ckpt.restore_latest(state)
         start_step = int(state.step)
         best_f1 = ckpt.best_metric() or -1.0

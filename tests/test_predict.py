@@ -383,7 +383,7 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
                          **{"re.entities_from": ner, "re.init_from_ner": True})
     setup = train.build(config)
     sample = features.stack(train.instances_for(setup, [train.dummy_document()])[:1])
-    started = train.init_state(setup, sample, total_steps=1).params["encoder"]
+    started = train.init_state(setup, sample, 1, train.initial_encoder(config)).params["encoder"]
     nsetup, runner, nstate = evaluate.restore_run(ner)
     trained = runner.get_state(nstate).params["encoder"]
     pretrained = setup.encoder_params
@@ -393,6 +393,7 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
                zip(jax.tree.leaves(started), jax.tree.leaves(trained), jax.tree.leaves(pretrained)))
     with config.unlocked():
         config.re.entities_from = ""  # RE on gold entities: no NER run, the pretrained encoder
-    gold_start = train.init_state(train.build(config), sample, total_steps=1).params["encoder"]
+    assert train.initial_encoder(config) is None
+    gold_start = train.init_state(train.build(config), sample, 1, train.initial_encoder(config)).params["encoder"]
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree.leaves(gold_start), jax.tree.leaves(pretrained)))
