@@ -14,6 +14,10 @@ from lai_jax.models import HeadConfig, LAINet, ner_loss, re_loss
 from lai_jax.train import DATA_ROOT
 
 
+# The span count as the gate decides it (the paper's normalisation makes it L_span's denominator).
+KEPT = HeadConfig("ner", 2, span_loss_norm="kept")
+
+
 @pytest.fixture(scope="module")
 def env(tiny_bert):
     enc, params, tok = encoder_lib.load(tiny_bert)
@@ -65,15 +69,15 @@ def test_loss_ignores_padded_slots_and_zero_weight_instances(env):
     model, batch, inst = model_and_batch(env, "ner", slots=40)
     params = init(model, batch, env[1])
     out = jax.jit(model.apply)({"params": params}, batch)
-    sums, counts = ner_loss(out, batch, jnp.asarray(True))
+    sums, counts = ner_loss(out, batch, jnp.asarray(True), KEPT)
     k = len(inst.spans)
     poisoned = {key: v.at[:, k:].set(1e6) for key, v in out.items()}
-    sums2, counts2 = ner_loss(poisoned, batch, jnp.asarray(True))
+    sums2, counts2 = ner_loss(poisoned, batch, jnp.asarray(True), KEPT)
     assert counts == counts2 and all(np.isclose(sums[x], sums2[x]) for x in sums)
     assert int(counts["filter"]) == k and int(counts["span"]) == int((batch["labels"] > 0).sum())
     padded = features.stack([inst], 3)
     out3 = jax.jit(model.apply)({"params": params}, padded)
-    sums3, counts3 = ner_loss(out3, padded, jnp.asarray(True))
+    sums3, counts3 = ner_loss(out3, padded, jnp.asarray(True), KEPT)
     assert counts3 == counts and all(np.isclose(sums[x], sums3[x], rtol=1e-5) for x in sums)
 
 
@@ -81,15 +85,15 @@ def test_filter_off_and_cold_start_switch(env):
     model, batch, inst = model_and_batch(env, "ner", slots=40)
     params = init(model, batch, env[1])
     out = jax.jit(model.apply)({"params": params}, batch)
-    gold = ner_loss(out, batch, jnp.asarray(True))[1]["span"]
-    own = ner_loss(out, batch, jnp.asarray(False))[1]["span"]
+    gold = ner_loss(out, batch, jnp.asarray(True), KEPT)[1]["span"]
+    own = ner_loss(out, batch, jnp.asarray(False), KEPT)[1]["span"]
     predicted = int((np.argmax(out["filter_logits"][0, :len(inst.spans)], -1) == 1).sum())
     assert int(gold) == int((batch["labels"] > 0).sum()) and int(own) == predicted
     no_filter, _, _ = model_and_batch(env, "ner", slots=40, use_filter=False)
     p2 = init(no_filter, batch, env[1])
     out2 = jax.jit(no_filter.apply)({"params": p2}, batch)
     assert "filter_logits" not in out2
-    assert int(ner_loss(out2, batch, jnp.asarray(True))[1]["span"]) == len(inst.spans)
+    assert int(ner_loss(out2, batch, jnp.asarray(True), KEPT)[1]["span"]) == len(inst.spans)
 
 
 def test_ablations_run_and_gcn_zero_has_no_graph(env):

@@ -382,7 +382,7 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
     config = tiny_config("re", tiny_bert, max_text_len=32, max_objects=4,
                          **{"re.entities_from": ner, "re.init_from_ner": True})
     setup = train.build(config)
-    sample = features.stack(train.instances_for(setup, [train.dummy_document()])[:1])
+    sample = features.stack(train.instances_for(setup, [train.dummy_document('Peop')])[:1])
     started = train.init_state(setup, sample, 1, train.initial_encoder(config)).params["encoder"]
     nsetup, runner, nstate = evaluate.restore_run(ner)
     trained = runner.get_state(nstate).params["encoder"]
