@@ -7,6 +7,4 @@ set -euo pipefail
 CONFIG=${1:?config file, e.g. configs/scierc.py}; OUT=${2:?output folder}; shift 2
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # let NER and RE runs share a card with other jobs
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
-python -m lai_jax.main --config="$CONFIG:ner" --workdir="$OUT/ner" --config.model.dtype=bfloat16 "$@"
-python -m lai_jax.main --config="$CONFIG:re" --workdir="$OUT/re" --config.model.dtype=bfloat16 \
-  --config.re.entities_from="$OUT/ner" "$@"
+bash "$(dirname "$0")/ner_re.sh" "$CONFIG" "$OUT" --config.model.dtype=bfloat16 "$@"
