@@ -26,9 +26,11 @@ def real_length(inst: Instance) -> int:
 
 
 def bucket_lengths(instances: Sequence[Instance], num_buckets: int) -> tuple[int, ...]:
-    """`num_buckets` lengths (multiples of 8, ascending, the last = T) at equal quantiles of the real lengths."""
+    """`num_buckets` lengths (multiples of 8, ascending, the last = T) at equal quantiles of the real lengths.
+
+    `instances` must not be empty (their common length T is the largest bucket)."""
     T = int(instances[0].arrays["input_ids"].shape[0])
-    if num_buckets <= 1 or not instances:
+    if num_buckets <= 1:
         return (T,)
     lengths = np.array([real_length(i) for i in instances])
     qs = np.quantile(lengths, [k / num_buckets for k in range(1, num_buckets)], method="higher")

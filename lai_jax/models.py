@@ -19,6 +19,9 @@ from lai_jax.encoder import BertConfig, BertEncoder
 from lai_jax.g4cn import G4CN
 
 
+SPAN_LOSS_NORMS = ("candidates", "kept")
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """Everything about the model but the encoder (config group `model`, plus mask fields)."""

@@ -21,7 +21,7 @@ from lai_jax import checkpoints, decoding, encoder as encoder_lib, input_pipelin
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import LabelSet, load_labels
-from lai_jax.models import HeadConfig, LAINet
+from lai_jax.models import SPAN_LOSS_NORMS, HeadConfig, LAINet
 from lai_jax.parallel import Runner
 from lai_jax.steps import TrainState, bind_steps, make_optimizer
 
@@ -118,6 +118,7 @@ def check_choices(config) -> None:
     """Fail early (not after training) on a decoding or scoring field with an unknown value."""
     for key, value, choices in (("ner.overlap", config.ner.overlap, decoding.NER_OVERLAP_RULES),
                                 ("re.re_decode", config.re.re_decode, decoding.RE_DECODE_RULES),
+                                ("model.span_loss_norm", config.model.span_loss_norm, SPAN_LOSS_NORMS),
                                 ("eval.symmetric_count", config.eval.symmetric_count, metrics_lib.SYMMETRIC_COUNTS)):
         if value not in choices:
             raise ValueError(f"config {key}={value!r}: expected one of {', '.join(choices)}")
@@ -141,18 +142,12 @@ def build(config) -> Setup:
     else:
         num_classes = featurizer.rel_space.num_classes
     table = masks.visibility_table(config.attention_mask, config.visibility)
-    head = HeadConfig(phase=config.phase, num_classes=num_classes, gcn_layers=config.model.gcn_layers,
-                      gcn_sublayers=config.model.gcn_sublayers, gcn_heads=config.model.gcn_heads,
-                      gauss_dim=config.model.gauss_dim, edge=config.model.edge, dropout=config.model.dropout,
-                      dropout_bits=config.model.dropout_bits,
-                      use_filter=config.model.use_filter, use_annotations=config.use_annotations,
+    # Every `model` field that names a HeadConfig field carries over as it is (gcn_*, dropout, use_filter, ...).
+    shared = {f.name for f in dataclasses.fields(HeadConfig)} & set(config.model.keys())
+    head = HeadConfig(phase=config.phase, num_classes=num_classes, use_annotations=config.use_annotations,
                       visibility=tuple(map(tuple, table.tolist())),
                       partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility,
-                      gcn_zero_init=config.model.gcn_zero_init,
-                      filter_gate_threshold=config.model.filter_gate_threshold,
-                      classifier_keeps_gold=config.model.classifier_keeps_gold,
-                      filter_pos_weight=config.model.filter_pos_weight,
-                      span_loss_norm=config.model.span_loss_norm)
+                      **{k: config.model[k] for k in sorted(shared)})
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 

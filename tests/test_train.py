@@ -199,6 +199,10 @@ def test_saved_flat_ner_maps_to_overlap_and_defaults(tmp_path):
     config.ner.overlap = "nested"
     with pytest.raises(ValueError, match="ner.overlap"):
         check_choices(config)
+    config.ner.overlap = "plmarker"
+    config.model.span_loss_norm = "candidate"  # a typo must not silently mean the paper's "kept"
+    with pytest.raises(ValueError, match="model.span_loss_norm"):
+        check_choices(config)
 
 
 def _write_ner_predictions(workdir, split, settings):
