@@ -20,13 +20,7 @@ that the rule counts as a conflict:
 
 The result is sorted by (start, end, type).
 
-RE label space (``RelationLabelSpace``)
----------------------------------------
-Class 0 = none; 1..R = the relation types in label-file order, forward (this slot's subject is the
-relation's head, its object the tail); then R+1.. = one inverse class per *asymmetric* type, in the same
-order (this slot's subject is the relation's tail, its object the head). A symmetric type is its own
-inverse. ``swap(c)`` maps a class to what the same fact looks like from the other direction's slot
-(forward r <-> inverse r; symmetric and none map to themselves).
+The RE label space (none, forward and inverse classes) is ``lai_jax.data.labels.RelationLabelSpace``.
 
 RE decoding (``decode_relations``)
 ----------------------------------
@@ -55,10 +49,11 @@ before the log.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
+
+from lai_jax.data.labels import RelationLabelSpace
 
 Span = tuple[int, int]
 RE_DECODE_RULES = ("both", "either", "sum")
@@ -111,99 +106,6 @@ def decode_ner(spans: list[Span], filter_prob: Optional[np.ndarray], type_probs:
                 accepted.append(ent)
         ents = accepted
     return sorted(ents, key=lambda x: (x[0], x[1], x[2]))
-
-
-@dataclasses.dataclass(frozen=True)
-class RelationLabelSpace:
-    """The RE classifier's classes: none, forward per type, inverse per asymmetric type."""
-
-    relation_types: tuple[str, ...]
-    symmetric: tuple[bool, ...]
-
-    def __post_init__(self):
-        object.__setattr__(self, "relation_types", tuple(self.relation_types))
-        object.__setattr__(self, "symmetric", tuple(bool(s) for s in self.symmetric))
-        if len(self.relation_types) != len(self.symmetric):
-            raise ValueError(f"{len(self.relation_types)} relation types but {len(self.symmetric)} "
-                             "symmetric flags")
-        if len(set(self.relation_types)) != len(self.relation_types):
-            raise ValueError(f"duplicate relation types in {self.relation_types}")
-        inv, nxt = {}, 1 + len(self.relation_types)
-        for k, (r, sym) in enumerate(zip(self.relation_types, self.symmetric)):
-            if sym:
-                inv[r] = 1 + k
-            else:
-                inv[r], nxt = nxt, nxt + 1
-        object.__setattr__(self, "_inverse", inv)
-
-    @classmethod
-    def from_types(cls, relation_types: Sequence[str], symmetric_types: Sequence[str] = ()) -> "RelationLabelSpace":
-        """Build from the type list and the names of the symmetric ones."""
-        unknown = set(symmetric_types) - set(relation_types)
-        if unknown:
-            raise ValueError(f"symmetric types {sorted(unknown)} are not relation types")
-        sym = set(symmetric_types)
-        return cls(tuple(relation_types), tuple(r in sym for r in relation_types))
-
-    @property
-    def num_classes(self) -> int:
-        return 1 + len(self.relation_types) + sum(not s for s in self.symmetric)
-
-    def is_symmetric(self, rtype: str) -> bool:
-        return self.symmetric[self.relation_types.index(rtype)]
-
-    def forward_id(self, rtype: str) -> int:
-        try:
-            return 1 + self.relation_types.index(rtype)
-        except ValueError:
-            raise ValueError(f"unknown relation type {rtype!r}; known: {self.relation_types}") from None
-
-    def inverse_id(self, rtype: str) -> int:
-        """The inverse class of ``rtype`` (== forward_id for a symmetric type)."""
-        self.forward_id(rtype)
-        return self._inverse[rtype]
-
-    def class_info(self, c: int) -> Optional[tuple[str, bool]]:
-        """Class id -> (relation type, is_inverse), None for the none class. Symmetric: is_inverse False."""
-        if not 0 <= c < self.num_classes:
-            raise ValueError(f"class {c} out of range [0, {self.num_classes})")
-        if c == 0:
-            return None
-        if c <= len(self.relation_types):
-            return self.relation_types[c - 1], False
-        asym = [r for r, s in zip(self.relation_types, self.symmetric) if not s]
-        return asym[c - 1 - len(self.relation_types)], True
-
-    def class_names(self) -> list[str]:
-        """Human-readable class names: 'none', 'r', ..., 'r^-1', ..."""
-        names = ["none"] + list(self.relation_types)
-        names += [f"{r}^-1" for r, s in zip(self.relation_types, self.symmetric) if not s]
-        return names
-
-    def swap(self, c: int) -> int:
-        """The class describing the same fact from the reversed slot (forward <-> inverse)."""
-        info = self.class_info(c)
-        if info is None:
-            return 0
-        r, is_inv = info
-        return self.forward_id(r) if is_inv else self.inverse_id(r)
-
-    def swap_permutation(self) -> np.ndarray:
-        """``perm[c] = swap(c)`` for every class, as an int array."""
-        return np.array([self.swap(c) for c in range(self.num_classes)], dtype=np.int64)
-
-    def gold_label(self, pair_rel: Optional[str], reverse_rel: Optional[str]) -> int:
-        """Label of the (subj, obj) slot.
-
-        ``pair_rel`` is the gold relation subj -> obj (None if none), ``reverse_rel`` the gold relation
-        obj -> subj. The forward relation wins when both exist; otherwise the reverse one gives the
-        inverse class (its forward class when symmetric); 0 (none) when neither exists.
-        """
-        if pair_rel is not None:
-            return self.forward_id(pair_rel)
-        if reverse_rel is not None:
-            return self.inverse_id(reverse_rel)
-        return 0
 
 
 def _log(p: np.ndarray) -> np.ndarray:

@@ -15,67 +15,52 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 import jax
 import ml_collections
 from absl import app, flags
 
-from lai_jax import metrics as metrics_lib
+from lai_jax import checkpoints, evaluation, input_pipeline, metrics as metrics_lib, predictions
+from lai_jax.build import Setup, build, check_choices, init_state
+from lai_jax.config_base import base_config, load_run_config, parse_assignment, set_fields
+from lai_jax.data.documents import Document
+from lai_jax.data.labels import load_labels
+from lai_jax.parallel import Runner
+from lai_jax.steps import bind_steps
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("lai_jax")
 
 
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """A run's saved config, laid over today's defaults so workdirs written before a field existed still load."""
-    from lai_jax.config_base import base_config
-
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {workdir} a lai-jax training workdir?")
-    saved = json.loads(path.read_text())
-    _upgrade(saved)
-    try:
-        config = base_config(saved["dataset"], saved["phase"])
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a lai-jax run config ({e})") from None
-    with config.unlocked():
-        _merge(config, saved)
-    if "holdout_seed" not in saved.get("data", {}):  # written when the dev hold-out followed the training seed
-        config.data.holdout_seed = config.seed
-    return config
-
-
-def _upgrade(saved: dict) -> None:
-    """Renamed fields of older saved configs: ner.flat_ner (bool) is now ner.overlap ("flat" / "none")."""
-    ner = saved.get("ner")
-    if isinstance(ner, dict) and "flat_ner" in ner:
-        flat = ner.pop("flat_ner")
-        ner.setdefault("overlap", "flat" if flat else "none")  # the rule that run was decoded with
-
-
-def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
-    for key, value in saved.items():
-        if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
-            _merge(config[key], value)
-        else:
-            config[key] = value
-
-
-def restore_run(workdir: str | Path):
+def restore_run(workdir: str | Path) -> tuple[Setup, Runner, object]:
     """(setup, runner, device state of the best checkpoint) for a finished or running workdir."""
-    from lai_jax import checkpoints, train
-    from lai_jax.data import features
-    from lai_jax.parallel import Runner
-    from lai_jax.steps import bind_steps
-    config = load_config(workdir)
-    setup = train.build(config)
-    sample = features.stack(train.instances_for(setup, [train.dummy_document(setup.labels.entity_types[0])])[:1])
+    config = load_run_config(workdir)
+    setup = build(config)
+    dummy = [input_pipeline.dummy_document(setup.labels.entity_types[0])]
+    sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, config.phase, dummy)[:1])
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
     # Only shapes are needed to restore against: eval_shape skips compiling and running the init.
-    state = jax.eval_shape(lambda: train.init_state(setup, sample, total_steps=1))
+    state = jax.eval_shape(lambda: init_state(setup, sample, total_steps=1))
     state = checkpoints.Checkpoints(Path(workdir) / "checkpoints").restore_best(state)
     return setup, runner, runner.put_state(state)
+
+
+def predicted_entities(config, split: str, docs: list[Document]) -> Optional[list]:
+    """Entities per sentence from the NER run in `re.entities_from` (its predictions file for `split`, one of
+    train / dev / test; written from its best checkpoint if missing), None for RE on gold entities."""
+    if not config.re.entities_from:
+        return None
+    from lai_jax.data.readers import read_pure
+    path = ensure_predictions(config.re.entities_from, input_pipeline.split_name(config, split))
+    by_key = {doc.doc_key: doc for doc in read_pure(path, load_labels(input_pipeline.labels_path(config)))}
+    out = []
+    for doc in docs:
+        if doc.doc_key not in by_key:
+            raise ValueError(f"{path}: no prediction for document {doc.doc_key!r}; was the NER run made on the same "
+                             f"data and limits?")
+        out.append([s.entities for s in by_key[doc.doc_key].sentences])
+    return out
 
 
 # Fields that change decoding only, so they may differ from training (`--set`): tune them on dev.
@@ -85,8 +70,6 @@ DECODE_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_d
 
 def parse_overrides(items: list[str] | None) -> dict[str, object]:
     """["ner.filter_threshold=0.3", ...] -> {field: value}, typed like the default; only `DECODE_FIELDS`."""
-    from lai_jax.config_base import base_config, parse_assignment
-
     defaults, out = base_config("scierc", "ner"), {}
     for item in items or []:
         if item.partition("=")[0] not in DECODE_FIELDS:
@@ -102,19 +85,14 @@ def parse_overrides(items: list[str] | None) -> dict[str, object]:
 
 def _restore_split(workdir: str | Path, split: str, overrides: dict | None):
     """(setup, runner, state, gold docs, given entities or None) for scoring `split` of a run."""
-    from lai_jax import train
-    from lai_jax.config_base import set_fields
     setup, runner, state = restore_run(workdir)
     config = setup.config
     if overrides:
         set_fields(config, **overrides)
-        train.check_choices(config)
-    docs = train.load_splits(config, setup.labels)
-    key = {config.data.train_split: "train", config.data.dev_split or "dev": "dev", config.data.test_split: "test"}.get(split)
-    if key is None:
-        raise ValueError(f"unknown split {split!r}; this run has {config.data.train_split}/"
-                         f"{config.data.dev_split or 'dev'}/{config.data.test_split}")
-    ents = train.predicted_entities(config, key, docs[key]) if config.phase == "re" else None
+        check_choices(config)
+    key = input_pipeline.split_key(config, split)
+    docs = input_pipeline.load_splits(config, setup.labels)
+    ents = predicted_entities(config, key, docs[key]) if config.phase == "re" else None
     return setup, runner, state, docs[key], ents
 
 
@@ -124,12 +102,11 @@ def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = Non
     `overrides` ({field: value}, fields from `DECODE_FIELDS`) change decoding; they are recorded in the
     written ``eval_<split>.json`` and also apply to the predictions file it writes.
     """
-    from lai_jax import checkpoints, train
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
-    pred, result = train.evaluate_docs(runner, state, setup, docs, ents, split)
+    pred, result = evaluation.evaluate_documents(runner, state, setup, docs, ents, split)
     step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()
     path = Path(workdir) / "predictions" / f"{split}.jsonl"
-    train.write_predictions(path, pred, train.prediction_settings(setup.config, step))
+    predictions.write_predictions(path, pred, predictions.prediction_settings(setup.config, step))
     try:
         check_predictions(workdir, setup.config)
     except ValueError as e:  # allowed (e.g. tuning on dev first), but RE would refuse these files
@@ -157,17 +134,15 @@ def sweep_split(workdir: str | Path, split: str, field: str, values: list, overr
 
     Writes ``eval_<split>_sweep.json`` (a list of {"value", "result"}); predictions files are not touched.
     """
-    from lai_jax import train
-    from lai_jax.config_base import set_fields
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
-    instances = train.instances_for(setup, docs, ents)
-    probs = train.run_eval(runner, state, setup, instances, split)
+    instances = input_pipeline.make_instances(setup.featurizer, setup.config.phase, docs, ents)
+    probs = evaluation.forward(runner, state, setup, instances, split)
     out = []
     for value in values:
         set_fields(setup.config, **{field: value})
-        train.check_choices(setup.config)
-        pred = train.decode(setup, docs, instances, probs, ents)
-        out.append({"value": value, "result": train.score_docs(setup, docs, pred)})
+        check_choices(setup.config)
+        pred = evaluation.decode_documents(setup, docs, instances, probs, ents)
+        out.append({"value": value, "result": evaluation.score_documents(setup, docs, pred)})
     record = {"field": field, "overrides": dict(overrides or {}), "runs": out}
     (Path(workdir) / f"eval_{split}_sweep.json").write_text(json.dumps(record, indent=2))
     return out
@@ -185,10 +160,9 @@ def format_sweep(field: str, runs: list[dict], tasks) -> str:
 
 def check_predictions(workdir: str | Path, config: ml_collections.ConfigDict | None = None) -> None:
     """Refuse a run whose dev and test predictions files were written with different settings."""
-    from lai_jax import train
-    config = config or load_config(workdir)
+    config = config or load_run_config(workdir)
     names = dict.fromkeys([config.data.dev_split or "dev", config.data.test_split])
-    train.check_prediction_settings([Path(workdir) / "predictions" / f"{name}.jsonl" for name in names])
+    predictions.check_prediction_settings([Path(workdir) / "predictions" / f"{name}.jsonl" for name in names])
 
 
 def ensure_predictions(workdir: str | Path, split: str) -> Path:
@@ -212,8 +186,7 @@ def main(argv):
         overrides = parse_overrides(FLAGS.set)
     except ValueError as e:
         raise app.UsageError(str(e))
-    from lai_jax.train import table_tasks
-    tasks = table_tasks(load_config(FLAGS.workdir))
+    tasks = evaluation.table_tasks(load_run_config(FLAGS.workdir))
     if FLAGS.sweep:
         try:
             field, values = parse_sweep(FLAGS.sweep)

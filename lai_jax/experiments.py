@@ -11,6 +11,7 @@ on dev inside each run; the table reports test scores of the dev-selected checkp
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from typing import Iterable, Sequence
 
 from absl import app, flags
 
+from lai_jax.config_base import load_config_file
+
 FLAGS = flags.FLAGS
 TASKS = ("ner", "re", "re+")
+CHAIN = Path(__file__).resolve().parents[1] / "launch" / "ner_re.sh"
 
 
 def parse_range(text: str) -> list[int]:
@@ -37,19 +41,13 @@ def run_dir(root: Path, fold: int | None, seed: int) -> Path:
 
 
 def run_one(config: str, root: Path, fold: int | None, seed: int, overrides: Sequence[str]) -> None:
-    """NER then RE (on the NER run's predictions) for one fold and seed, each skipped if already done."""
-    base = run_dir(root, fold, seed)
+    """NER then RE (on the NER run's predictions) for one fold and seed through `launch/ner_re.sh`, the one NER -> RE
+    chain (it skips a phase whose results.json exists)."""
     extra = [f"--config.seed={seed}"] + ([f"--config.data.fold={fold}"] if fold is not None else [])
     extra += [f"--config.{o}" for o in overrides]
-    for phase in ("ner", "re"):
-        workdir = base / phase
-        if (workdir / "results.json").exists():
-            continue
-        cmd = [sys.executable, "-m", "lai_jax.main", f"--config={config}:{phase}", f"--workdir={workdir}", *extra]
-        if phase == "re":
-            cmd.append(f"--config.re.entities_from={base / 'ner'}")
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+    cmd = ["bash", str(CHAIN), config, str(run_dir(root, fold, seed)), *extra]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHON": sys.executable})
 
 
 def collect(root: Path, runs: Iterable[Path], average: str) -> dict:
@@ -90,7 +88,7 @@ def main(argv):
         for f in folds:
             for s in seeds:
                 run_one(FLAGS.config, root, f, s, FLAGS.override)
-    average = FLAGS.average or ("macro" if Path(FLAGS.config).stem == "ade" else "micro")
+    average = FLAGS.average or load_config_file(FLAGS.config).eval.select_average
     result = collect(root, runs, average)
     (root / "summary.json").write_text(json.dumps(result, indent=2))
     print(format_summary(result))
@@ -102,6 +100,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("folds", "", "Folds to run, e.g. 0-9 (ADE); empty = the config's single split.")
     flags.DEFINE_string("seeds", "0", "Seeds, e.g. 0-4 or 0,1,2.")
     flags.DEFINE_multi_string("override", [], "Extra config overrides without the --config. prefix, e.g. model.gcn_layers=3.")
-    flags.DEFINE_enum("average", None, ["micro", "macro"], "Averaging; default macro for ADE, micro otherwise.")
+    flags.DEFINE_enum("average", None, ["micro", "macro"], "Averaging; default: the config's eval.select_average "
+                      "(the F1 that selected the checkpoints; macro for ADE).")
     flags.DEFINE_bool("summary_only", False, "Only aggregate the runs already finished.")
     app.run(main)

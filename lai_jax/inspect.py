@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import logging
 import os
@@ -32,10 +31,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from lai_jax import train
+from lai_jax import input_pipeline
+from lai_jax.build import feature_config
+from lai_jax.config_base import load_config_file
 from lai_jax.data import features, masks
 from lai_jax.data.labels import LabelSet, load_labels
 from lai_jax.encoder import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
+from lai_jax.models import HeadConfig
 
 SPLITS = ("train", "dev", "test")
 
@@ -43,16 +45,6 @@ FLAGS = flags.FLAGS
 
 
 # ------------------------------------------------------------------------------------------- loading
-def load_config(path: str, phase: Optional[str] = None):
-    """A config from a `configs/<dataset>.py` file (phase "ner" unless given), as --config would load it."""
-    spec = importlib.util.spec_from_file_location("_lai_inspect_config", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(phase or "ner")
-
-
 def _with_phase(config, phase: Optional[str]):
     """A copy of `config` whose phase is `phase` (the caller's config is left alone)."""
     config = config.copy_and_resolve_references()
@@ -93,8 +85,8 @@ def _tokenizer(encoder: str):
 
 def make_featurizer(config) -> tuple[features.Featurizer, LabelSet]:
     """The featurizer training would build for `config` (tokenizer only, no encoder weights)."""
-    labels = load_labels(train.labels_path(config))
-    return features.Featurizer(_tokenizer(config.encoder), labels, train.feature_config(config)), labels
+    labels = load_labels(input_pipeline.labels_path(config))
+    return features.Featurizer(_tokenizer(config.encoder), labels, feature_config(config)), labels
 
 
 def load_documents(config, labels: LabelSet) -> dict:
@@ -103,7 +95,7 @@ def load_documents(config, labels: LabelSet) -> dict:
     Anything the tfds builders print while building a cache goes to stderr, so stdout stays clean JSON.
     """
     with contextlib.redirect_stdout(sys.stderr):
-        return train.load_splits(config, labels)
+        return input_pipeline.load_splits(config, labels)
 
 
 def _quiet_libraries() -> None:
@@ -122,18 +114,6 @@ def _quiet_libraries() -> None:
 
 
 # -------------------------------------------------------------------------------------------- instance
-def _split_instances(config, featurizer: features.Featurizer, docs) -> list[features.Instance]:
-    if config.phase == "ner":
-        return featurizer.ner_instances(docs)[0]
-    return featurizer.re_instances(docs)
-
-
-def _mask_table(config) -> tuple[np.ndarray, bool]:
-    table = masks.visibility_table(config.attention_mask, config.visibility)
-    partner_only = config.attention_mask in masks.PARTNER_ONLY and not config.visibility  # as in train.build
-    return table, partner_only
-
-
 def inspect_instance(config, split: str = "dev", index: int = 0, phase: Optional[str] = None) -> dict:
     """One instance of `split` as plain JSON-ready data (see the module docstring and `--json`).
 
@@ -143,7 +123,7 @@ def inspect_instance(config, split: str = "dev", index: int = 0, phase: Optional
     split = _canonical_split(config, split)
     featurizer, labels = make_featurizer(config)
     docs = load_documents(config, labels)[split]
-    instances = _split_instances(config, featurizer, docs)
+    instances = input_pipeline.make_instances(featurizer, config.phase, docs)
     n = len(instances)
     if not -n <= index < n:
         raise IndexError(f"--index={index} is out of range: {config.dataset} {split} has {n} {config.phase.upper()} "
@@ -167,8 +147,9 @@ def inspect_instance(config, split: str = "dev", index: int = 0, phase: Optional
         names = featurizer.rel_space.class_names()
         types = list(labels.relation_types)
     slot_labels = [names[int(c)] for c in a["labels"][:k]] + [None] * (num_slots - k)
-    table, partner_only = _mask_table(config)
-    mask = masks.attention_mask(groups, a["marker_partner"], table, partner_only)
+    head = HeadConfig.from_config(config, labels)
+    table = np.asarray(head.visibility)
+    mask = masks.attention_mask(groups, a["marker_partner"], table, head.partner_only)
     same_sentence = [i for i, x in enumerate(instances) if (x.doc, x.sent) == (inst.doc, inst.sent)]
     out = {
         "dataset": config.dataset,

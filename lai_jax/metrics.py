@@ -44,6 +44,7 @@ from typing import Hashable, Iterable, Optional, Sequence
 from lai_jax.data.documents import Document, Sentence
 
 SYMMETRIC_COUNTS = ("both", "once")
+AVERAGES = ("micro", "macro")
 _MISSING_PRED = ("<no predicted entity>",)
 _MISSING_GOLD = ("<no gold entity>",)
 

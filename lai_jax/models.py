@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lai_jax.data import masks
+from lai_jax.data.labels import LabelSet, RelationLabelSpace
 from lai_jax.dropout import Dropout
 from lai_jax.encoder import BertConfig, BertEncoder
 from lai_jax.g4cn import G4CN
@@ -43,6 +44,21 @@ class HeadConfig:
     classifier_keeps_gold: bool = False  # the classifier also trains on gold spans the filter misses
     filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
     span_loss_norm: str = "candidates"  # L_span divided by the kept spans ("kept", paper) or all real candidates
+
+    @classmethod
+    def from_config(cls, config: Any, labels: LabelSet) -> "HeadConfig":
+        """The head of `config.phase`: every `model` field that names a HeadConfig field, plus the attention mask
+        fields and the class count from the label set."""
+        if config.phase == "ner":
+            num_classes = 1 + len(labels.entity_types)
+        else:
+            num_classes = RelationLabelSpace(labels.relation_types, labels.symmetric).num_classes
+        table = masks.visibility_table(config.attention_mask, config.visibility)
+        shared = {f.name for f in dataclasses.fields(cls)} & set(config.model.keys())
+        return cls(phase=config.phase, num_classes=num_classes, use_annotations=config.use_annotations,
+                   visibility=tuple(map(tuple, table.tolist())),
+                   partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility,
+                   **{k: config.model[k] for k in sorted(shared)})
 
 
 def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:

@@ -44,7 +44,6 @@ by its first ``max_text_len`` wordpieces; the output keeps the whole word.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -52,135 +51,17 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lai_jax import text as text_lib
-from lai_jax.data.documents import DataError, Document, Entity, Sentence
+from lai_jax import evaluation
+from lai_jax.config_base import load_run_config
+from lai_jax.evaluate import restore_run
+from lai_jax.data.documents import DataError, Entity
+from lai_jax.predict_input import FORMATS, InputDoc, PredictError, read_input
 
 log = logging.getLogger("lai_jax")
-
-FORMATS = ("auto", "text", "pure", "spert")
-GOLD_KEYS = ("ner", "relations", "predicted_ner", "predicted_relations", "entities", "clusters", "events")
 
 # (start, end inclusive, type, score) and (head span, tail span, type, score), sentence-level words.
 EntityPred = tuple[int, int, str, float]
 RelationPred = tuple[tuple[int, int], tuple[int, int], str, float]
-
-
-class PredictError(Exception):
-    """A usage problem the CLI reports in one line (exit status 2)."""
-
-
-# ------------------------------------------------------------------------------------------------ input
-@dataclasses.dataclass
-class InputDoc:
-    key: dict[str, Any]  # {"line": n} for text input, {"doc_key": k} for JSON input
-    doc: Document  # words per sentence; for text also char_spans and text (the line)
-
-
-def text_document(line: str, doc_key: str) -> Document:
-    """One line of text as a Document with the character span of every word (possibly no sentences)."""
-    sentences = [Sentence([w.text for w in sent], char_spans=[(w.start, w.end) for w in sent])
-                 for sent in text_lib.split_sentences(line)]
-    return Document(doc_key, sentences, text=line)
-
-
-def _read_source(path: str) -> tuple[str, str]:
-    """(display name, decoded text) of a file or of stdin ('-')."""
-    if path == "-":
-        name, raw = "<stdin>", sys.stdin.buffer.read()
-    else:
-        p = Path(path)
-        name = str(p)
-        if not p.exists():
-            raise DataError(name, "file", "path", "file not found")
-        if not p.is_file():
-            raise DataError(name, "file", "path", "not a regular file")
-        try:
-            raw = p.read_bytes()
-        except OSError as e:
-            raise DataError(name, "file", "path", f"cannot read: {e.strerror or e}") from None
-    try:
-        return name, raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(name, f"line {line}", "encoding", f"not UTF-8 (byte {e.start}: {e.reason})") from None
-
-
-def detect_format(content: str) -> str:
-    first = content.lstrip()[:1]
-    if first == "{":
-        return "pure"
-    if first == "[":
-        return "spert"
-    return "text"
-
-
-def _strip_gold(obj: Any) -> Any:
-    return {k: v for k, v in obj.items() if k not in GOLD_KEYS} if isinstance(obj, dict) else obj
-
-
-def _json_error(name: str, e: json.JSONDecodeError, where: str, hint: str) -> DataError:
-    return DataError(name, where, "json", f"invalid JSON: {e.msg} (column {e.colno}){hint}")
-
-
-def parse_input(content: str, name: str, fmt: str = "auto") -> list[InputDoc]:
-    """Documents of an input's text (see the module docstring); raises DataError naming file and line."""
-    from lai_jax.data.readers import document_from_pure, sentence_from_spert
-    if fmt not in FORMATS:
-        raise PredictError(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    auto = fmt == "auto"
-    if auto:
-        fmt = detect_format(content)
-    hint = (f"; detected as {fmt.upper() if fmt == 'pure' else 'SpERT'} JSON from the first character, "
-            "pass --format=text for plain text") if auto else ""
-    out: list[InputDoc] = []
-    if fmt == "text":
-        for n, line in enumerate(content.split("\n"), start=1):
-            line = line[:-1] if line.endswith("\r") else line
-            if line.strip():
-                out.append(InputDoc({"line": n}, text_document(line, f"line{n}")))
-        return out
-    if content.lstrip().startswith("["):  # a JSON list: SpERT sentences or PURE documents
-        try:
-            data = json.loads(content)
-        except json.JSONDecodeError as e:
-            raise _json_error(name, e, f"line {e.lineno}", hint) from None
-        if not isinstance(data, list):
-            raise DataError(name, "file", "<top level>", f"expected a JSON list, got {type(data).__name__}{hint}")
-        if fmt == "spert" and data and isinstance(data[0], dict) and "sentences" in data[0] and "tokens" not in data[0]:
-            fmt = "pure" if auto else fmt
-        stem = "stdin" if name == "<stdin>" else Path(name).stem
-        for i, obj in enumerate(data):
-            if fmt == "pure":
-                doc = document_from_pure(_strip_gold(obj), source=name, where=f"document {i}",
-                                         require_annotations=False)
-                out.append(InputDoc({"doc_key": doc.doc_key}, doc))
-                continue
-            orig_id = obj.get("orig_id") if isinstance(obj, dict) else None
-            where = f"sentence {i} (orig_id {orig_id})" if orig_id is not None else f"sentence {i}"
-            sent = sentence_from_spert(_strip_gold(obj), source=name, where=where, require_annotations=False)
-            key = f"{stem}:{orig_id if orig_id is not None else i}"
-            out.append(InputDoc({"doc_key": key}, Document(key, [sent])))
-        return out
-    if fmt == "spert":
-        first = content.lstrip()[:1]
-        raise DataError(name, "line 1", "format", f"SpERT input must be a JSON list (starting with '['), "
-                                                  f"found {first!r}")
-    for n, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _json_error(name, e, where, hint) from None
-        doc = document_from_pure(_strip_gold(obj), source=name, where=where, require_annotations=False)
-        out.append(InputDoc({"doc_key": doc.doc_key}, doc))
-    return out
-
-
-def read_input(path: str, fmt: str = "auto") -> list[InputDoc]:
-    name, content = _read_source(path)
-    return parse_input(content, name, fmt)
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -217,9 +98,8 @@ def document_json(inp: InputDoc, entities: list[list[EntityPred]],
 # ---------------------------------------------------------------------------------------------- running
 def check_workdir(workdir: str, phase: str):
     """The run's config, after checking it is a `phase` workdir with a checkpoint."""
-    from lai_jax.evaluate import load_config
     try:
-        config = load_config(workdir)
+        config = load_run_config(workdir)
     except FileNotFoundError as e:
         raise PredictError(str(e)) from None
     if config.phase != phase:
@@ -232,7 +112,6 @@ def check_workdir(workdir: str, phase: str):
 
 
 def _restore(workdir: str, batch_size: Optional[int]):
-    from lai_jax.evaluate import restore_run
     try:
         setup, runner, state = restore_run(workdir)
     except FileNotFoundError as e:
@@ -245,7 +124,6 @@ def _restore(workdir: str, batch_size: Optional[int]):
 def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: Optional[str] = None,
                       batch_size: Optional[int] = None) -> list[dict]:
     """Run NER (and RE) on the documents; one output object per input document, in order."""
-    from lai_jax import train
     check_workdir(ner_workdir, "ner")
     re_config = check_workdir(re_workdir, "re") if re_workdir else None
     docs = [inp.doc for inp in inputs]
@@ -261,9 +139,9 @@ def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: 
     if stats["long_words"]:
         log.info("NER: %d words longer than %d wordpieces are shown by their first %d", stats["long_words"],
                  setup.config.max_text_len, setup.config.max_text_len)
-    probs = train.run_eval(runner, state, setup, instances, "ner")
+    probs = evaluation.forward(runner, state, setup, instances, "ner")
     entities = [[[(e.start, e.end, e.type, float(e.score)) for e in sent.entities] for sent in doc.sentences]
-                for doc in train.decode(setup, docs, instances, probs)]
+                for doc in evaluation.decode_documents(setup, docs, instances, probs)]
     del setup, runner, state, instances, probs
     log.info("NER: %d entities", sum(len(e) for d in entities for e in d))
 
@@ -272,9 +150,10 @@ def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: 
         found = [[[Entity(a, b, t, score) for a, b, t, score in sent] for sent in doc] for doc in entities]
         instances = setup.featurizer.re_instances(docs, found)
         log.info("RE: %d instances", len(instances))
-        probs = train.run_eval(runner, state, setup, instances, "re") if instances else []
+        probs = evaluation.forward(runner, state, setup, instances, "re") if instances else []
+        decoded = evaluation.decode_documents(setup, docs, instances, probs, found)
         relations = [[[(tuple(r.head), tuple(r.tail), r.type, float(r.score)) for r in sent.relations]
-                      for sent in doc.sentences] for doc in train.decode(setup, docs, instances, probs, found)]
+                      for sent in doc.sentences] for doc in decoded]
         log.info("RE: %d relations", sum(len(r) for d in relations for r in d))
     return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
 

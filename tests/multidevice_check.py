@@ -9,24 +9,26 @@ import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from tests.conftest import tiny_config  # noqa: E402
-from lai_jax import train  # noqa: E402
+
 from lai_jax.data import features  # noqa: E402
 from lai_jax.parallel import Runner  # noqa: E402
 from lai_jax.steps import bind_steps  # noqa: E402
+from lai_jax import build as build_lib
+from lai_jax import input_pipeline
 
 
 def main(encoder: str, phase: str) -> None:
     assert jax.local_device_count() == 8, jax.devices()
     config = tiny_config(phase, encoder, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0, "batch_size": 16,
                                               "optim.adam_eps": 1e-6})
-    setup = train.build(config)
-    docs = train.load_splits(config, setup.labels)
-    inst = train.instances_for(setup, docs["train"])
+    setup = build_lib.build(config)
+    docs = input_pipeline.load_splits(config, setup.labels)
+    inst = input_pipeline.make_instances(setup.featurizer, setup.config.phase, docs["train"])
     # The cold-start switch stays on: the filter's own argmax decision is discontinuous, so summation-order
     # noise between device counts could flip a near-tie and change which spans the classifier sees.
     # Third batch is short: 11 real instances + 5 zero-weight pads, unevenly spread over devices.
-    batches = [features.stack(inst[0:16], 16), features.stack(inst[16:32], 16), features.stack(inst[32:43], 16)]
-    init = train.init_state(setup, features.stack(inst[:1]), total_steps=3)
+    batches = [input_pipeline.stack(inst[0:16], 16), input_pipeline.stack(inst[16:32], 16), input_pipeline.stack(inst[32:43], 16)]
+    init = build_lib.init_state(setup, input_pipeline.stack(inst[:1]), total_steps=3)
     host0 = jax.tree.map(np.asarray, init)
     finals = {}
     for name, mode, devices, accum in (("pmap8", "pmap", None, 1), ("pmap1", "pmap", jax.devices()[:1], 1),

@@ -15,6 +15,7 @@ from lai_jax import bench, encoder
 from lai_jax import torch_reference as tr
 from lai_jax.data import features
 from lai_jax.models import ner_loss
+from lai_jax import input_pipeline
 
 LAYERS = 2  # the packaged encoder's first layers: real weight scales, quick compiles
 
@@ -29,7 +30,7 @@ def pair():
     # Two real instances with entities among their K slots, and a zero-weight all-PAD padding row (fully
     # padded mask rows, no candidates).
     chosen = [i for i in instances if (i.arrays["labels"] > 0).any()][:2]
-    batch = features.stack(chosen, 3)
+    batch = input_pipeline.stack(chosen, 3)
     assert batch["cand_mask"][:2].any() and batch["weight"][2] == 0 and not batch["cand_mask"][2].any()
     # Head parameters drawn without compiling `init`: kernels ~ N(0, 1/fan_in), biases ~ N(0, 0.05) (init would
     # leave them 0 and so untested); the encoder is the packaged one with a perturbed first query layer.

@@ -1,4 +1,5 @@
 """The paper configs carry the paper's settings (LAI-Net Appendix A.1, Table 2); quick/CoNLL04 stay CPU-sized."""
+from lai_jax import build as build_lib
 import importlib
 
 import pytest
@@ -48,7 +49,7 @@ def test_paper_encoder_fails_offline_with_one_clear_message(monkeypatch, tmp_pat
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     c = importlib.import_module("configs.scierc").get_config("ner")
     with pytest.raises(encoder.EncoderNotFoundError) as err:
-        train.build(c)
+        build_lib.build(c)
     msg = str(err.value)
     assert "allenai/scibert_scivocab_uncased" in msg and "--config.encoder=/path/to/hf_dir" in msg
     assert "--config.encoder=default" in msg and "\n" not in msg

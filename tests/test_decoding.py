@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from lai_jax.decoding import RelationLabelSpace, decode_ner, decode_relations
+from lai_jax.data.labels import RelationLabelSpace
+from lai_jax.decoding import decode_ner, decode_relations
 
 TYPES = ["PER", "ORG"]
 SPANS = [(0, 0), (0, 1), (1, 1), (2, 3), (3, 3)]

@@ -23,3 +23,19 @@ def test_collect_mean_std_over_finished_runs(tmp_path):
     macro = collect(tmp_path, [run_dir(tmp_path, 3, 0)], "macro")
     assert abs(macro["summary"]["re+"]["mean"] - 20.0) < 1e-9
     assert "85.00 ± 7.07" in format_summary(out)
+
+
+def test_run_one_goes_through_the_chain_script_which_skips_finished_phases(tmp_path, capfd):
+    """experiments.run_one calls launch/ner_re.sh (the one NER -> RE chain); finished phases are not rerun."""
+    from lai_jax.experiments import run_one
+    d = run_dir(tmp_path, None, 0)
+    f1 = {"micro": {"f1": 0.5}, "macro": {"f1": 0.25}}
+    for phase in ("ner", "re"):
+        (d / phase).mkdir(parents=True)
+        split = {"ner": f1, "re": f1, "re+": f1}
+        (d / phase / "results.json").write_text(json.dumps({"dataset": "conll04", "wall_s": 6, "dev": split,
+                                                             "test": split}))
+    run_one("configs/quick.py", tmp_path, None, 0, [])
+    out, err = capfd.readouterr()
+    assert "skipping the ner phase" in err and "skipping the re phase" in err
+    assert "NER 50.00 (25.00)" in out  # lai_jax.summary ran on the run's folder

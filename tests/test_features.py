@@ -7,7 +7,8 @@ from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels
 from lai_jax.data.readers import read_documents
 from lai_jax.encoder import default_encoder_path, load_tokenizer
-from lai_jax.train import DATA_ROOT
+from lai_jax.input_pipeline import DATA_ROOT
+from lai_jax import input_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_explicit_visibility_table_and_errors():
 def test_stack_pads_with_zero_weight(tok, labels):
     f = make_featurizer(tok, labels)
     insts, _ = f.ner_instances([long_doc()])
-    b = features.stack(insts[:1], 3)
+    b = input_pipeline.stack(insts[:1], 3)
     assert b["weight"].tolist() == [1.0, 0.0, 0.0]
     assert not b["cand_mask"][1:].any() and (b["token_groups"][1:] == masks.PAD).all()
 

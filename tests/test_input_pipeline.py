@@ -7,14 +7,16 @@ from conftest import tiny_config
 from lai_jax import encoder as encoder_lib, input_pipeline as ip, train
 from lai_jax.data import features, masks
 from lai_jax.data.labels import load_labels
+from lai_jax import build as build_lib
+from lai_jax import input_pipeline
 
 
 @pytest.fixture(scope="module")
 def setup_and_instances(tiny_bert):
     config = tiny_config("ner", tiny_bert, **{"data.train_limit": 40})
-    setup = train.build(config)
-    docs = train.load_splits(config, setup.labels)["train"]
-    return setup, train.instances_for(setup, docs)
+    setup = build_lib.build(config)
+    docs = input_pipeline.load_splits(config, setup.labels)["train"]
+    return setup, input_pipeline.make_instances(setup.featurizer, setup.config.phase, docs)
 
 
 def test_buckets_cover_every_instance_once_and_hold_it(setup_and_instances):
@@ -47,7 +49,7 @@ def test_cut_batch_gives_the_same_outputs(setup_and_instances):
     setup, insts = setup_and_instances
     buckets = ip.bucket_lengths(insts, 3)
     short = ip.assign(insts, buckets)[0][:3]
-    full = features.stack([insts[i] for i in short], 4)
+    full = input_pipeline.stack([insts[i] for i in short], 4)
     params = setup.model.init_params(jax.random.PRNGKey(0), full, setup.encoder_params)
     apply = jax.jit(setup.model.apply)
     a = apply({"params": params}, full)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lai_jax import inspect as lai_inspect
+from lai_jax.config_base import load_config_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONLL04 = str(REPO / "configs" / "conll04.py")
@@ -17,7 +18,7 @@ KEYS = ("tokens", "input_ids", "position_ids", "token_groups", "candidate_spans"
 
 @pytest.fixture(scope="module")
 def config():
-    return lai_inspect.load_config(CONLL04, "ner")
+    return load_config_file(CONLL04, "ner")
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_re_instance_subject_and_objects(re_info, tok, config):
     pieces = "".join(t[2:] if t.startswith("##") else t for t in toks[sm + 1:em])
     assert pieces == "".join(words[subj[0]:subj[1] + 1]).lower().replace(" ", "")
     # the same instance through a config loaded with the :re phase
-    cfg_re = lai_inspect.load_config(CONLL04, "re")
+    cfg_re = load_config_file(CONLL04, "re")
     assert lai_inspect.inspect_instance(cfg_re, "dev", 3)["subject"] == subj
 
 
@@ -149,7 +150,7 @@ def test_format_instance_and_errors(ner, re_info, config):
         lai_inspect.inspect_instance(small, "dev", 10_000)
     with pytest.raises(ValueError, match="unknown split"):
         lai_inspect.inspect_instance(small, "validation", 0)
-    ade = lai_inspect.load_config(str(REPO / "configs" / "ade.py"))
+    ade = load_config_file(str(REPO / "configs" / "ade.py"))
     with pytest.raises(ValueError, match="hold-out"):
         lai_inspect._canonical_split(ade, "validation")
 
@@ -208,7 +209,7 @@ def test_paper_encoder_offline_falls_back_to_the_packaged_tokenizer(monkeypatch,
     from lai_jax.encoder import load_tokenizer
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    scierc = lai_inspect.load_config(str(REPO / "configs" / "scierc.py"))
+    scierc = load_config_file(str(REPO / "configs" / "scierc.py"))
     assert scierc.encoder == "allenai/scibert_scivocab_uncased"
     monkeypatch.setattr(__import__("logging").getLogger("lai_jax"), "propagate", True)  # cli.setup_logging stops it
     lai_inspect._tokenizer.cache_clear()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from lai_jax.config_base import set_fields
-from lai_jax.train import DATA_ROOT
+from lai_jax.input_pipeline import DATA_ROOT
 
 pytestmark = pytest.mark.slow
 

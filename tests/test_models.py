@@ -11,7 +11,8 @@ from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels
 from lai_jax.models import HeadConfig, LAINet, ner_loss, re_loss
-from lai_jax.train import DATA_ROOT
+from lai_jax.input_pipeline import DATA_ROOT
+from lai_jax import input_pipeline
 
 
 # The span count as the gate decides it (the paper's normalisation makes it L_span's denominator).
@@ -41,7 +42,7 @@ def model_and_batch(env, phase, slots, text_len=24, **head_kw):
     n_cls = 1 + len(labels.entity_types) if phase == "ner" else f.rel_space.num_classes
     head = HeadConfig(phase=phase, num_classes=n_cls, gcn_layers=head_kw.pop("gcn_layers", 2), gcn_heads=2,
                       visibility=tuple(map(tuple, masks.visibility_table("invisible").tolist())), **head_kw)
-    return LAINet(bert, head), features.stack(insts[:1]), insts[0]
+    return LAINet(bert, head), input_pipeline.stack(insts[:1]), insts[0]
 
 
 def init(model, batch, enc_params):
@@ -75,7 +76,7 @@ def test_loss_ignores_padded_slots_and_zero_weight_instances(env):
     sums2, counts2 = ner_loss(poisoned, batch, jnp.asarray(True), KEPT)
     assert counts == counts2 and all(np.isclose(sums[x], sums2[x]) for x in sums)
     assert int(counts["filter"]) == k and int(counts["span"]) == int((batch["labels"] > 0).sum())
-    padded = features.stack([inst], 3)
+    padded = input_pipeline.stack([inst], 3)
     out3 = jax.jit(model.apply)({"params": params}, padded)
     sums3, counts3 = ner_loss(out3, padded, jnp.asarray(True), KEPT)
     assert counts3 == counts and all(np.isclose(sums[x], sums3[x], rtol=1e-5) for x in sums)

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, tiny_config
-from lai_jax import predict
+from lai_jax import predict, predict_input
 from lai_jax.data.documents import DataError, Document
-from lai_jax.data import features
+from lai_jax.data import features, windows
 from lai_jax.data.features import enumerate_spans
 from lai_jax.text import split_sentences, tokenize
+from lai_jax import build as build_lib
+from lai_jax import evaluation
+from lai_jax import input_pipeline
 
 VOCAB = ["Paris", "Mary", "the", "company", "of", "Internationalization", "in", "Chicago", "said", ",",
          "Zürich", "Renée", "acquisitions", "Smith", "and", "IBM"]
@@ -89,7 +92,7 @@ def test_split_sentences():
 
 def test_text_document_char_spans():
     line = "  Renée works for 北京 Corp.  "
-    doc = predict.text_document(line, "line1")
+    doc = predict_input.text_document(line, "line1")
     assert doc.text == line and doc.sentences[0].words == ["Renée", "works", "for", "北", "京", "Corp", "."]
     for s in doc.sentences:
         assert [line[a:b] for a, b in s.char_spans] == s.words
@@ -102,10 +105,10 @@ def test_plan_windows_cover_every_word_and_fit(seed):
     counts = rng.integers(1, 6, size=300).tolist()
     counts[17] = 40  # a word longer than the whole budget (the featurizer shortens it)
     budget, L = 32, 5
-    windows = features.plan_windows(counts, budget, L)
-    assert windows[0][0] == 0 and windows[-1][1] == 300
+    wins = windows.plan_windows(counts, budget, L)
+    assert wins[0][0] == 0 and wins[-1][1] == 300
     covered = set()
-    for (lo, hi), nxt in zip(windows, windows[1:] + [None]):
+    for (lo, hi), nxt in zip(wins, wins[1:] + [None]):
         assert lo < hi and sum(min(c, budget) for c in counts[lo:hi]) <= budget
         covered.update(range(lo, hi))
         if nxt is not None:
@@ -114,28 +117,25 @@ def test_plan_windows_cover_every_word_and_fit(seed):
     # Every span of <= L words whose pieces fit the budget lies inside some window.
     for a, b in enumerate_spans(300, L):
         if sum(counts[a:b + 1]) <= budget:
-            assert any(lo <= a and b < hi for lo, hi in windows), (a, b)
-    assert features.plan_windows([1, 2, 3], 32, 5) == [(0, 3)] and features.plan_windows([], 32, 5) == []
+            assert any(lo <= a and b < hi for lo, hi in wins), (a, b)
+    assert windows.plan_windows([1, 2, 3], 32, 5) == [(0, 3)] and windows.plan_windows([], 32, 5) == []
 
 
 @pytest.fixture(scope="module")
 def ner_setup(tiny_bert):
-    from lai_jax import train
-    return train.build(tiny_config("ner", tiny_bert, max_text_len=32, max_candidates=32, max_span_len=3))
+    return build_lib.build(tiny_config("ner", tiny_bert, max_text_len=32, max_candidates=32, max_span_len=3))
 
 
 @pytest.fixture(scope="module")
 def re_setup(tiny_bert):
-    from lai_jax import train
-    return train.build(tiny_config("re", tiny_bert, max_text_len=32, max_objects=4, **{"re.re_decode": "both"}))
+    return build_lib.build(tiny_config("re", tiny_bert, max_text_len=32, max_objects=4, **{"re.re_decode": "both"}))
 
 
 def _long_doc(n_words: int = 300) -> Document:
-    return predict.text_document(_long_line(n_words), "long")
+    return predict_input.text_document(_long_line(n_words), "long")
 
 
 def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
-    from lai_jax import train
     doc = _long_doc()
     words = doc.sentences[0].words
     assert len(words) == 300
@@ -166,7 +166,7 @@ def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
                 tp[slot, t] = 0.95
                 fp[slot] = 0.9
         probs.append({"type_probs": tp, "filter_prob": fp})
-    ents = train.decode(ner_setup, [doc], instances, probs)[0].sentences[0].entities
+    ents = evaluation.decode_documents(ner_setup, [doc], instances, probs)[0].sentences[0].entities
     types = ner_setup.labels.entity_types
     assert [(e.start, e.end, e.type) for e in ents] == [(a, b, types[t - 1]) for (a, b), t in sorted(targets.items())]
     assert all(abs(e.score - 0.95) < 1e-6 for e in ents)
@@ -187,10 +187,10 @@ def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
         r_probs.append({"type_probs": p})
     assert ((5, 5), (250, 251)) not in pairs and ((250, 251), (258, 258)) in pairs
     assert len(pairs) == len(set(pairs)) == 2
-    rels = train.decode(re_setup, [doc], r_inst, r_probs, [[ents]])[0].sentences[0].relations
+    rels = evaluation.decode_documents(re_setup, [doc], r_inst, r_probs, [[ents]])[0].sentences[0].relations
     assert [(r.head, r.tail, r.type) for r in rels] == [((250, 251), (258, 258), space.relation_types[0])]
 
-    inp = predict.InputDoc({"line": 1}, doc)
+    inp = predict_input.InputDoc({"line": 1}, doc)
     out = predict.document_json(inp, [[(e.start, e.end, e.type, e.score) for e in ents]],
                                 [[(r.head, r.tail, r.type, r.score) for r in rels]])
     assert out["relations"] == [{"sentence": 0, "head": 1, "tail": 2, "type": space.relation_types[0],
@@ -199,7 +199,7 @@ def test_long_sentence_every_span_reachable_and_decoded(ner_setup, re_setup):
 
 def test_overlong_word_is_shortened_not_dropped(ner_setup):
     tok = ner_setup.tokenizer
-    doc = predict.text_document("short " + "x7q" * 30 + " words here", "d")
+    doc = predict_input.text_document("short " + "x7q" * 30 + " words here", "d")
     long_pieces = tok("x7q" * 30, add_special_tokens=False)["input_ids"]
     assert len(long_pieces) > 32
     instances, stats = ner_setup.featurizer.ner_instances([doc], with_labels=False)
@@ -222,7 +222,7 @@ def _check_entity_offsets(obj: dict, line: str) -> None:
 
 def test_char_offsets_of_hand_made_entities():
     line = '\t«Renée Müller» of 北京 Corp. met 👨\u200d👩\u200d👧 at state-of-the-art café\u0301 — "IBM".  '
-    inp = predict.parse_input(line + "\n", "<test>", "text")[0]
+    inp = predict_input.parse_input(line + "\n", "<test>", "text")[0]
     sents = inp.doc.sentences
     ents = [[(a, b, "Peop", 0.5) for a, b in enumerate_spans(len(s.words), 4)] for s in sents]
     obj = predict.document_json(inp, ents)
@@ -238,18 +238,18 @@ def test_json_input_formats_ignore_gold():
              "ner": [[[0, 0, "Bogus"]], [[9, 9, "Loc"]]], "relations": "not even a list"},
             {"doc_key": 7, "sentences": [["x"]]}]
     text = "\n".join(json.dumps(d) for d in pure) + "\n\n"
-    docs = predict.parse_input(text, "f.jsonl")
+    docs = predict_input.parse_input(text, "f.jsonl")
     assert [d.key for d in docs] == [{"doc_key": "a"}, {"doc_key": "7"}]
     assert docs[0].doc.sentences[1].words == ["in", "Ulm", "."] and docs[0].doc.text is None
-    assert predict.parse_input(json.dumps(pure), "f.json")[1].key == {"doc_key": "7"}  # a list of PURE documents
+    assert predict_input.parse_input(json.dumps(pure), "f.json")[1].key == {"doc_key": "7"}  # a list of PURE documents
     spert = [{"tokens": ["A", "b"], "entities": [{"start": 5, "end": 1, "type": "?"}], "orig_id": 3},
              {"tokens": ["c"]}]
-    docs = predict.parse_input(json.dumps(spert), "dir/dev.json")
+    docs = predict_input.parse_input(json.dumps(spert), "dir/dev.json")
     assert [d.key for d in docs] == [{"doc_key": "dev:3"}, {"doc_key": "dev:1"}]
     obj = predict.document_json(docs[0], [[(0, 1, "Org", 0.25)]])
     assert obj["entities"] == [{"sentence": 0, "start": 0, "end": 1, "type": "Org", "score": 0.25, "text": "A b"}]
     # Text whose first character is a bracket needs --format=text.
-    assert predict.parse_input("[1] Intro.\n", "t.txt", "text")[0].doc.sentences[0].words[:3] == ["[", "1", "]"]
+    assert predict_input.parse_input("[1] Intro.\n", "t.txt", "text")[0].doc.sentences[0].words[:3] == ["[", "1", "]"]
 
 
 def test_bom_and_crlf_input_files_load(tmp_path):
@@ -265,9 +265,9 @@ def test_bom_and_crlf_input_files_load(tmp_path):
         (tmp_path / "unix" / name).write_text(text, encoding="utf-8")
         win = tmp_path / name
         win.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
-        got, want = predict.read_input(str(win)), predict.read_input(str(tmp_path / "unix" / name))
+        got, want = predict_input.read_input(str(win)), predict_input.read_input(str(tmp_path / "unix" / name))
         assert [(d.key, d.doc) for d in got] == [(d.key, d.doc) for d in want] and got, name
-    text_docs = predict.read_input(str(tmp_path / "text.txt"))
+    text_docs = predict_input.read_input(str(tmp_path / "text.txt"))
     assert [d.key for d in text_docs] == [{"line": 1}, {"line": 3}]
     assert text_docs[0].doc.text == "John lives in Zürich." and text_docs[1].doc.text == "Mary left."  # no BOM, no CR
 
@@ -282,7 +282,7 @@ def test_bom_and_crlf_input_files_load(tmp_path):
 ])
 def test_wrong_format_names_file_and_line(content, fmt, where):
     with pytest.raises(DataError) as e:
-        predict.parse_input(content, "in.jsonl", fmt)
+        predict_input.parse_input(content, "in.jsonl", fmt)
     assert str(e.value).startswith(f"in.jsonl: {where}")
 
 
@@ -381,9 +381,9 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
     ner, _ = workdirs
     config = tiny_config("re", tiny_bert, max_text_len=32, max_objects=4,
                          **{"re.entities_from": ner, "re.init_from_ner": True})
-    setup = train.build(config)
-    sample = features.stack(train.instances_for(setup, [train.dummy_document('Peop')])[:1])
-    started = train.init_state(setup, sample, 1, train.initial_encoder(config)).params["encoder"]
+    setup = build_lib.build(config)
+    sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, setup.config.phase, [input_pipeline.dummy_document('Peop')])[:1])
+    started = build_lib.init_state(setup, sample, 1, train.initial_encoder(config)).params["encoder"]
     nsetup, runner, nstate = evaluate.restore_run(ner)
     trained = runner.get_state(nstate).params["encoder"]
     pretrained = setup.encoder_params
@@ -394,6 +394,6 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
     with config.unlocked():
         config.re.entities_from = ""  # RE on gold entities: no NER run, the pretrained encoder
     assert train.initial_encoder(config) is None
-    gold_start = train.init_state(train.build(config), sample, 1, train.initial_encoder(config)).params["encoder"]
+    gold_start = build_lib.init_state(build_lib.build(config), sample, 1, train.initial_encoder(config)).params["encoder"]
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree.leaves(gold_start), jax.tree.leaves(pretrained)))

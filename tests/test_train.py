@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, tiny_config
+from lai_jax import build as build_lib
+from lai_jax import evaluate
+from lai_jax import input_pipeline
+from lai_jax import predictions
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
 
@@ -35,16 +39,15 @@ def test_accumulated_micro_batches_equal_one_large_batch(tiny_bert):
     """k=4 micro-batches of 2 on one device give the parameters of one batch of 8, also when padding leaves
     micro-batches (here the whole last one) without real instances: losses are normalised by global counts."""
     import jax
-    from lai_jax import train
     from lai_jax.data import features
     from lai_jax.parallel import Runner
     from lai_jax.steps import bind_steps
     config = tiny_config("ner", tiny_bert, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0, "batch_size": 8,
                                               "optim.adam_eps": 1e-6})
-    setup = train.build(config)
-    inst = train.instances_for(setup, train.load_splits(config, setup.labels)["train"])
-    batches = [features.stack(inst[0:8], 8), features.stack(inst[8:13], 8)]  # the second: 5 real + 3 padding
-    host0 = jax.tree.map(np.asarray, train.init_state(setup, features.stack(inst[:1]), total_steps=2))
+    setup = build_lib.build(config)
+    inst = input_pipeline.make_instances(setup.featurizer, setup.config.phase, input_pipeline.load_splits(config, setup.labels)["train"])
+    batches = [input_pipeline.stack(inst[0:8], 8), input_pipeline.stack(inst[8:13], 8)]  # the second: 5 real + 3 padding
+    host0 = jax.tree.map(np.asarray, build_lib.init_state(setup, input_pipeline.stack(inst[:1]), total_steps=2))
     finals, losses = {}, {}
     for accum in (1, 4):
         runner = Runner("pmap", *bind_steps(setup.model, "ner", accum), devices=jax.devices()[:1])
@@ -78,21 +81,20 @@ def test_per_device_batch_splits_the_global_batch():
 def test_dev_holdout_does_not_follow_the_training_seed(monkeypatch):
     """ADE's dev hold-out is drawn with data.holdout_seed: seeds vary the model, not the data."""
     from configs.ade import get_config
-    from lai_jax import train
     from lai_jax.data.documents import Document, Sentence
     docs = [Document(f"d{i}", [Sentence(["w"])]) for i in range(50)]
-    monkeypatch.setattr(train, "load_docs", lambda config, split, labels: list(docs))
+    monkeypatch.setattr(input_pipeline, "load_docs", lambda config, split, labels: list(docs))
     keys = lambda splits: ([d.doc_key for d in splits["train"]], [d.doc_key for d in splits["dev"]])  # noqa: E731
     c = get_config("ner")
     seen = set()
     for seed in (0, 1, 7):
         c.seed = seed
-        train_keys, dev_keys = keys(train.load_splits(c, None))
+        train_keys, dev_keys = keys(input_pipeline.load_splits(c, None))
         assert len(dev_keys) == 5 and not set(dev_keys) & set(train_keys) and len(train_keys) == 45
         seen.add(tuple(dev_keys))
     assert len(seen) == 1
     c.data.holdout_seed = 1
-    assert keys(train.load_splits(c, None))[1] != list(seen.pop())
+    assert keys(input_pipeline.load_splits(c, None))[1] != list(seen.pop())
 
 
 def test_one_compile_per_phase_with_short_last_batch(tiny_bert, tmp_path):
@@ -140,8 +142,8 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
     assert result["ner"]["micro"]["n_gold"] > 0
     assert "re+" not in out.stdout  # a NER run's table has no relation rows
     # A sweep decodes several thresholds from one forward pass; at the run's own threshold it equals evaluate.
-    from lai_jax.evaluate import load_config
-    own = load_config(tmp_path / "a").ner.filter_threshold
+    from lai_jax.config_base import load_run_config
+    own = load_run_config(tmp_path / "a").ner.filter_threshold
     out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=test",
                f"--sweep=ner.filter_threshold={own},1.01"])
     sweep = json.loads((tmp_path / "a" / "eval_test_sweep.json").read_text())
@@ -160,7 +162,7 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
 
 def test_saved_config_missing_newer_fields_still_loads(tmp_path):
     from lai_jax.config_base import base_config
-    from lai_jax.evaluate import load_config
+    from lai_jax.config_base import load_run_config
     saved = base_config("conll04", "ner").to_dict()
     saved["max_text_len"] = 77
     saved["re"]["entities_from"] = "somewhere"
@@ -171,20 +173,20 @@ def test_saved_config_missing_newer_fields_still_loads(tmp_path):
     saved["per_device_batch_size"] = 16
     saved["seed"] = 3
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    config = load_config(tmp_path)
+    config = load_run_config(tmp_path)
     assert config.model.dropout_bits == base_config("conll04", "ner").model.dropout_bits
     assert config.batch_size == base_config("conll04", "ner").batch_size
     assert config.data.holdout_seed == 3  # such runs drew the dev hold-out with the training seed
     assert config.max_text_len == 77 and config.re.entities_from == "somewhere"
     (tmp_path / "config.json").write_text(json.dumps({"foo": 1}))
     with pytest.raises(ValueError, match="not a lai-jax run config"):
-        load_config(tmp_path)
+        load_run_config(tmp_path)
 
 
 def test_saved_flat_ner_maps_to_overlap_and_defaults(tmp_path):
     from lai_jax.config_base import base_config
-    from lai_jax.evaluate import load_config
-    from lai_jax.train import check_choices
+    from lai_jax.config_base import load_run_config
+    from lai_jax.build import check_choices
     default = base_config("scierc", "ner")
     assert default.ner.overlap == "plmarker" and default.eval.symmetric_count == "both"
     for flat, overlap in ((True, "flat"), (False, "none")):
@@ -192,7 +194,7 @@ def test_saved_flat_ner_maps_to_overlap_and_defaults(tmp_path):
         del saved["ner"]["overlap"], saved["eval"]  # as written before these fields existed
         saved["ner"]["flat_ner"] = flat
         (tmp_path / "config.json").write_text(json.dumps(saved))
-        config = load_config(tmp_path)
+        config = load_run_config(tmp_path)
         assert config.ner.overlap == overlap and "flat_ner" not in config.ner
         assert config.eval.symmetric_count == "both"
         check_choices(config)
@@ -206,19 +208,17 @@ def test_saved_flat_ner_maps_to_overlap_and_defaults(tmp_path):
 
 
 def _write_ner_predictions(workdir, split, settings):
-    from lai_jax import train
     from lai_jax.data.documents import Document, Entity, Sentence
     docs = [Document("d0", [Sentence(["a", "b"], [Entity(0, 0, "Method")])])]
-    train.write_predictions(Path(workdir) / "predictions" / f"{split}.jsonl", docs, settings)
+    predictions.write_predictions(Path(workdir) / "predictions" / f"{split}.jsonl", docs, settings)
 
 
 def test_re_refuses_dev_and_test_entities_decoded_differently(tmp_path, caplog):
-    from lai_jax import train
     from lai_jax.config_base import base_config
     from lai_jax.evaluate import ensure_predictions
     ner = base_config("scierc", "ner")
     (tmp_path / "config.json").write_text(json.dumps(ner.to_dict()))
-    settings = train.prediction_settings(ner, 120)
+    settings = predictions.prediction_settings(ner, 120)
     assert settings == {"phase": "ner", "checkpoint_step": 120, "model.use_filter": True,
                         "ner.filter_threshold": 0.5, "ner.overlap": "plmarker"}
     _write_ner_predictions(tmp_path, "dev", settings)
@@ -227,7 +227,7 @@ def test_re_refuses_dev_and_test_entities_decoded_differently(tmp_path, caplog):
     assert ensure_predictions(tmp_path, "test") == tmp_path / "predictions" / "test.jsonl"
     # test rewritten with another threshold (evaluate --set=ner.filter_threshold=0.3 on test only)
     ner.ner.filter_threshold = 0.3
-    _write_ner_predictions(tmp_path, "test", train.prediction_settings(ner, 120))
+    _write_ner_predictions(tmp_path, "test", predictions.prediction_settings(ner, 120))
     for split in ("dev", "test"):
         with pytest.raises(ValueError) as e:
             ensure_predictions(tmp_path, split)
@@ -240,11 +240,11 @@ def test_re_refuses_dev_and_test_entities_decoded_differently(tmp_path, caplog):
     re_config = base_config("scierc", "re")
     re_config.re.entities_from = str(tmp_path)
     with pytest.raises(ValueError, match="different settings"):
-        train.predicted_entities(re_config, "dev", [])
+        evaluate.predicted_entities(re_config, "dev", [])
     # same settings again -> accepted; a different checkpoint step is a mismatch as well
     _write_ner_predictions(tmp_path, "test", settings)
     ensure_predictions(tmp_path, "dev")
-    _write_ner_predictions(tmp_path, "dev", train.prediction_settings(base_config("scierc", "ner"), 90))
+    _write_ner_predictions(tmp_path, "dev", predictions.prediction_settings(base_config("scierc", "ner"), 90))
     with pytest.raises(ValueError, match="checkpoint_step: 90 in dev.jsonl, 120 in test.jsonl"):
         ensure_predictions(tmp_path, "test")
     # a file written before settings were recorded cannot be checked: a warning, not a refusal

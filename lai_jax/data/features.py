@@ -32,8 +32,8 @@ import numpy as np
 
 from lai_jax.data import masks
 from lai_jax.data.documents import Document, Entity, Relation
-from lai_jax.data.labels import LabelSet
-from lai_jax.decoding import RelationLabelSpace
+from lai_jax.data.labels import LabelSet, RelationLabelSpace
+from lai_jax.data.windows import best_window, fit_window, plan_windows
 
 # Reserved vocabulary entries used as marker tokens (BERT vocabularies carry [unused0..98]).
 NER_START, NER_END = "[unused0]", "[unused1]"
@@ -66,87 +66,6 @@ def num_candidates(num_words: int, max_span_len: int) -> int:
 def enumerate_spans(num_words: int, max_span_len: int) -> list[tuple[int, int]]:
     """All spans of <= max_span_len words, sorted by (start, end) so neighbours share an instance."""
     return [(i, j) for i in range(num_words) for j in range(i, min(num_words, i + max_span_len))]
-
-
-def plan_windows(piece_counts: Sequence[int], budget: int, max_span_len: int) -> list[tuple[int, int]]:
-    """Word windows [lo, hi) of a sentence: each fits `budget` wordpieces, together they cover every word.
-
-    Consecutive windows share ``2 * max_span_len`` words (fewer for windows of under 4 * max_span_len
-    words, but at least ``max_span_len - 1`` unless the pieces of that overlap plus the next word exceed
-    the budget), and each window reaches further than the one before. So every word is covered, there
-    are at most as many windows as words, and each span of at most ``max_span_len`` words whose pieces fit
-    the budget lies wholly inside some window. The last window is stretched backwards to use the whole
-    budget. A count above ``budget`` is treated as ``budget`` (the featurizer shortens such words).
-    """
-    if budget < 1:
-        raise ValueError(f"budget must be positive, got {budget}")
-    counts = [min(max(int(c), 1), budget) for c in piece_counts]
-    n = len(counts)
-    if sum(counts) <= budget:
-        return [(0, n)] if n else []
-    min_overlap = max(max_span_len - 1, 0)
-    windows: list[tuple[int, int]] = []
-    lo = 0
-    while True:
-        hi, total = lo, 0
-        while hi < n and total + counts[hi] <= budget:
-            total += counts[hi]
-            hi += 1
-        if hi == n:
-            while lo > 0 and total + counts[lo - 1] <= budget:
-                lo -= 1
-                total += counts[lo]
-            windows.append((lo, n))
-            return windows
-        windows.append((lo, hi))
-        overlap = max(min_overlap, min(2 * max_span_len, (hi - lo) // 2))
-        lo = max(lo + 1, hi - overlap)
-        # The next window must take in word `hi`: drop overlap that would leave it no room. (A span
-        # starting before the new `lo` and reaching `hi` has more pieces than the budget anyway.)
-        total = sum(counts[lo:hi + 1])
-        while total > budget:
-            total -= counts[lo]
-            lo += 1
-
-
-def centrality(lo: int, hi: int, start: int, end: int) -> int:
-    """Words of context between the span [start, end] and the nearer edge of the window [lo, hi)."""
-    return min(start - lo, hi - 1 - end)
-
-
-def best_window(windows: Sequence[tuple[int, int]], start: int, end: int) -> Optional[int]:
-    """Index of the window holding the words [start, end] where they are most central (ties: the first
-    such window), None when no window holds them all."""
-    best, score = None, -1
-    for k, (lo, hi) in enumerate(windows):
-        if lo <= start and end < hi:
-            c = centrality(lo, hi, start, end)
-            if c > score:
-                best, score = k, c
-    return best
-
-
-def fit_window(piece_counts: Sequence[int], start: int, end: int, budget: int, toward: int = 0
-               ) -> Optional[tuple[int, int]]:
-    """A window [lo, hi) around the words [start, end] that fits `budget` (counts above the budget count as
-    the budget); None if those words alone do not fit. It grows a word at a time on alternate sides
-    (``toward=0``: centred), or first as far right (``toward=1``) or left (``toward=-1``) as it can."""
-    counts = [min(max(int(c), 1), budget) for c in piece_counts]
-    total = sum(counts[start:end + 1])
-    if total > budget:
-        return None
-    lo, hi = start, end + 1
-    sides = {0: ((-1, 1),), 1: ((1,), (-1,)), -1: ((-1,), (1,))}[toward]
-    for steps in sides:
-        grew = True
-        while grew:
-            grew = False
-            for step in steps:
-                if step < 0 and lo > 0 and total + counts[lo - 1] <= budget:
-                    lo, total, grew = lo - 1, total + counts[lo - 1], True
-                if step > 0 and hi < len(counts) and total + counts[hi] <= budget:
-                    hi, total, grew = hi + 1, total + counts[hi], True
-    return lo, hi
 
 
 def pair_labels(space: RelationLabelSpace, relations: Iterable[Relation]
@@ -550,25 +469,3 @@ class Featurizer:
             labels[slot] = gold.get((subj, o), 0)
         arr.update(subj_marker_start=np.int32(1 + a), subj_marker_end=np.int32(1 + b + 2), labels=labels)
         return Instance(arr, d, s, list(objs), subject=subj, window=sp.window)
-
-
-def stack(instances: Sequence[Instance], size: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Stack instances into a batch, padding to `size` with zero-weight copies of the first instance."""
-    arrays = [inst.arrays for inst in instances]
-    size = size or len(arrays)
-    if len(arrays) < size:
-        arrays = list(arrays) + [empty_batch_like(arrays[0])] * (size - len(arrays))
-    return {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
-
-
-def empty_batch_like(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Zero-weight arrays of the same shapes: all PAD tokens, no candidates, weight 0."""
-    return {k: np.zeros_like(v) for k, v in batch.items()}
-
-
-def iter_batches(instances: Sequence[Instance], batch_size: int, order: Optional[Iterable[int]] = None):
-    """Yield (batch, instances) with every batch padded to `batch_size` (zero weight on the padding)."""
-    idx = list(order) if order is not None else list(range(len(instances)))
-    for lo in range(0, len(idx), batch_size):
-        chunk = [instances[i] for i in idx[lo:lo + batch_size]]
-        yield stack(chunk, batch_size), chunk

@@ -1,0 +1,76 @@
+"""Slot buckets: a few candidate-slot counts K_b (the largest = the config's K) and how a window's candidates
+are split into instances that fill them.
+
+A NER instance carries up to K candidate spans (RE: up to K objects of one subject), each as a pair of
+marker tokens; with one static K most slots are padding (a short sentence has few spans). Instances are
+instead built for one of a few slot counts, and a window's spans are split into chunks whose sizes fit
+them. The split costs tokens: every chunk repeats the text and annotations (`overhead` tokens) and
+carries two markers per slot of its bucket, so `split_slots` picks the chunk sizes with the fewest tokens
+among splits into as many chunks as K forces, or one more. `choose_slot_buckets` picks the bucket sizes
+(multiples of 8) that minimise the tokens of a whole training split.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import Counter
+from typing import Iterable, Sequence
+
+SLOT_MULTIPLE = 8
+
+
+def _cost(sizes: Sequence[int], overhead: int) -> int:
+    return len(sizes) * overhead + 2 * sum(sizes)
+
+
+@functools.lru_cache(maxsize=65536)
+def _best_split(k: int, buckets: tuple[int, ...], overhead: int) -> tuple[int, ...]:
+    """Bucket sizes (ascending) of the cheapest split of k slots into ceil(k / K) or one more chunks."""
+    if k <= 0:
+        return (buckets[0],)
+    n0 = -(-k // buckets[-1])
+    best: tuple[int, ...] = ()
+    for n in (n0, n0 + 1):
+        for sizes in itertools.combinations_with_replacement(buckets, n):
+            if sum(sizes) >= k and n <= k and (not best or _cost(sizes, overhead) < _cost(best, overhead)):
+                best = sizes
+    return best
+
+
+def split_slots(k: int, buckets: Sequence[int], overhead: int) -> list[int]:
+    """How many of a window's k slots go to each of its instances (in order, every one >= 1 when k > 0).
+
+    `buckets` are the slot counts instances can have (ascending, the last = K); `overhead` the tokens an
+    instance spends besides its markers. Chunks are filled in proportion to their bucket's size.
+    """
+    sizes = _best_split(int(k), tuple(buckets), int(overhead))
+    if k <= 0:
+        return [0]
+    total = sum(sizes)
+    counts = [k * s // total for s in sizes]
+    for i in range(k - sum(counts)):  # the remainder, one each, to chunks that still have room
+        j = max(range(len(sizes)), key=lambda c: (sizes[c] - counts[c], -c))
+        counts[j] += 1
+    return counts
+
+
+def total_tokens(demand: Iterable[tuple[int, int]], buckets: Sequence[int]) -> int:
+    """Tokens (markers + overhead) of instances for every (k, overhead) window under `buckets`."""
+    return sum(n * _cost(_best_split(k, tuple(buckets), o), o) for (k, o), n in Counter(demand).items())
+
+
+def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_buckets: int) -> tuple[int, ...]:
+    """`num_buckets` slot counts (ascending multiples of 8, the last = max_slots) with the fewest total tokens
+    for windows with (k slots, overhead tokens) each; one bucket, (max_slots,), when num_buckets <= 1."""
+    if num_buckets <= 1 or not demand:
+        return (max_slots,)
+    sizes = [s for s in range(SLOT_MULTIPLE, max_slots, SLOT_MULTIPLE)]
+    counted = Counter(demand)
+    best, best_cost = (max_slots,), None
+    for r in range(1, min(num_buckets - 1, len(sizes)) + 1):
+        for combo in itertools.combinations(sizes, r):
+            buckets = (*combo, max_slots)
+            cost = sum(n * _cost(_best_split(k, buckets, o), o) for (k, o), n in counted.items())
+            if best_cost is None or cost < best_cost:
+                best, best_cost = buckets, cost
+    return best
