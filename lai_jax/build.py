@@ -26,6 +26,7 @@ class Setup:
     model: LAINet
     encoder_params: dict
     head: HeadConfig
+    shapes: tuple = ()  # (slots, tokens) per batch bucket (`input_pipeline.plan_buckets`); () = the full (K, T)
 
 
 def feature_config(config) -> features.FeatureConfig:

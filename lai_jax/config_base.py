@@ -60,9 +60,11 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.max_candidates = 220
     # Object slots per RE instance (PL-Marker: 32 ACE05, 16 SciERC).
     c.max_objects = 16
-    # Length buckets: batches are cut to the shortest of this many lengths (chosen from the training data,
-    # the longest = T) that holds them. One compile per bucket, phase and split; 1 = one static shape.
-    c.num_buckets = 1
+    # Batch buckets: this many (slots, tokens) shapes chosen from the training data (the largest = (K, T)).
+    # A window's candidates are split into instances sized for the slot counts and each batch is cut to the
+    # smallest shape that holds it: far fewer padded slots and tokens, at most this many compiles per phase and
+    # split. 1 = one static shape with candidates in consecutive chunks of K, as in the paper.
+    c.num_buckets = 3
     # Annotation segment on/off; False is the paper's "w/o 1st round" ablation (and disables G4CN).
     c.use_annotations = True
     # Partial attention preset: invisible (paper's best) | visible | full | plmarker.
@@ -124,6 +126,8 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.cold_start_epochs = 40 if phase == "ner" else 0
     # Stop after this many steps (0 = run all epochs); for smoke tests and quick looks.
     c.max_steps = 0
+    # Training batches built and moved to the devices ahead of the step that needs them (background thread).
+    c.prefetch_batches = 2
     # Evaluate on dev (and checkpoint) every N epochs, and at the end.
     c.eval_every_epochs = 1
     # Or every N steps if > 0 (overrides eval_every_epochs).

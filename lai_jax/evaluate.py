@@ -12,6 +12,7 @@ NER dev and test predictions decoded with different settings, so rewrite both sp
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -30,6 +31,7 @@ from lai_jax.parallel import Runner
 from lai_jax.steps import bind_steps
 
 FLAGS = flags.FLAGS
+SHAPES_FILE = "shapes.json"  # a run's slot buckets and batch shapes (`input_pipeline.save_shapes`)
 log = logging.getLogger("lai_jax")
 
 
@@ -37,6 +39,8 @@ def restore_run(workdir: str | Path) -> tuple[Setup, Runner, object]:
     """(setup, runner, device state of the best checkpoint) for a finished or running workdir."""
     config = load_run_config(workdir)
     setup = build(config)
+    featurizer, shapes = input_pipeline.load_shapes(Path(workdir) / SHAPES_FILE, setup.featurizer, config.phase)
+    setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes)
     dummy = [input_pipeline.dummy_document(setup.labels.entity_types[0])]
     sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, config.phase, dummy)[:1])
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))

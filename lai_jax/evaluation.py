@@ -15,14 +15,14 @@ from lai_jax.data.features import Instance
 from lai_jax.parallel import Runner
 
 
-def forward(runner: Runner, state, setup: Setup, instances: Sequence[Instance], desc: str,
-            buckets: Sequence[int] = ()) -> list[dict]:
-    """Probabilities per instance (host numpy), batched by length bucket with zero-weight padding."""
+def forward(runner: Runner, state, setup: Setup, instances: Sequence[Instance], desc: str) -> list[dict]:
+    """Probabilities per instance (host numpy), batched by the setup's bucket shapes with zero-weight padding."""
+    phase = setup.config.phase
     batch_size = setup.config.per_device_eval_batch_size * runner.n
-    buckets = tuple(buckets) or (setup.featurizer.seq_len(setup.config.phase),)
+    shapes = setup.shapes or ((setup.featurizer.num_slots(phase), setup.featurizer.seq_len(phase)),)
     out: list[Optional[dict]] = [None] * len(instances)
-    n_batches = math.ceil(len(instances) / batch_size) + len(buckets) - 1
-    for batch, chunk in tqdm(input_pipeline.eval_batches(instances, buckets, batch_size), total=n_batches,
+    n_batches = math.ceil(len(instances) / batch_size) + len(shapes) - 1
+    for batch, chunk in tqdm(input_pipeline.eval_batches(instances, shapes, batch_size), total=n_batches,
                              desc=desc, leave=False, disable=None):
         probs = runner.eval(state, batch)
         for row, i in enumerate(chunk):
@@ -93,12 +93,11 @@ def score_documents(setup: Setup, gold: Sequence[Document], pred: Sequence[Docum
 
 
 def evaluate_documents(runner: Runner, state, setup: Setup, docs: list[Document], entities=None,
-                       desc: str = "eval", buckets: Sequence[int] = (), instances: Optional[list] = None
-                       ) -> tuple[list[Document], dict]:
-    """Featurize (unless `instances` are given), run, decode and score one split."""
+                       desc: str = "eval", instances: Optional[list] = None) -> tuple[list[Document], dict]:
+    """Featurize (unless the split's `instances` are given), run, decode and score one split."""
     if instances is None:
         instances = input_pipeline.make_instances(setup.featurizer, setup.config.phase, docs, entities)
-    probs = forward(runner, state, setup, instances, desc, buckets)
+    probs = forward(runner, state, setup, instances, desc)
     pred = decode_documents(setup, docs, instances, probs, entities)
     return pred, score_documents(setup, docs, pred)
 

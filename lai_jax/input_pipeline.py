@@ -14,13 +14,16 @@ at most `num_buckets` compiles per phase and split, and far less padding to comp
 """
 from __future__ import annotations
 
+import json
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from lai_jax.data import masks
+from lai_jax.data import masks, slots
 from lai_jax.data.documents import Document, Entity, Sentence
 from lai_jax.data.features import Featurizer, Instance, round_up
 from lai_jax.data.labels import LabelSet
@@ -115,18 +118,26 @@ def make_instances(featurizer: Featurizer, phase: str, docs: Sequence[Document],
 
 
 # --------------------------------------------------------------------------------------------- batching
-def stack(instances: Sequence[Instance], size: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Stack instances into a batch, padding to `size` with zero-weight rows (all PAD, no candidates)."""
+def stack(instances: Sequence[Instance], size: Optional[int] = None, like: Optional[Instance] = None
+          ) -> dict[str, np.ndarray]:
+    """Stack instances into a batch, padding to `size` with zero-weight rows (all PAD, no candidates).
+
+    `like` gives the arrays' shapes when `instances` may be empty (a host whose slice is all padding)."""
     arrays = [inst.arrays for inst in instances]
     size = size or len(arrays)
     if len(arrays) < size:
-        empty = {k: np.zeros_like(v) for k, v in arrays[0].items()}
+        empty = {k: np.zeros_like(v) for k, v in (arrays[0] if arrays else like.arrays).items()}
         arrays = list(arrays) + [empty] * (size - len(arrays))
     return {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
 
 
-# Arrays with one entry per token: the only ones a bucket cuts.
+# --------------------------------------------------------------------------------------------- buckets
+# Arrays with one entry per token, and with one entry per candidate (NER) or object (RE) slot: what a
+# bucket's shape cuts.
 TOKEN_ARRAYS = ("input_ids", "position_ids", "token_type_ids", "token_groups", "marker_partner")
+SLOT_ARRAYS = ("cand_marker_start", "cand_marker_end", "cand_mask", "cand_text_start", "cand_text_end", "labels")
+
+Shape = tuple[int, int]  # (slots K_b, tokens T_b) of one bucket
 
 
 def real_length(inst: Instance) -> int:
@@ -134,37 +145,78 @@ def real_length(inst: Instance) -> int:
     return int(np.count_nonzero(inst.arrays["token_groups"] != masks.PAD))
 
 
-def bucket_lengths(instances: Sequence[Instance], num_buckets: int) -> tuple[int, ...]:
-    """`num_buckets` lengths (multiples of 8, ascending, the last = T) at equal quantiles of the real lengths.
+def choose_slot_buckets(featurizer: Featurizer, phase: str, docs: Sequence[Document], num_buckets: int
+                        ) -> tuple[int, ...]:
+    """`num_buckets` slot counts for a phase chosen from the training documents (`lai_jax.data.slots`)."""
+    return slots.choose_slot_buckets(featurizer.slot_demand(docs, phase), featurizer.num_slots(phase), num_buckets)
 
-    `instances` must not be empty (their common length T is the largest bucket)."""
+
+def choose_shapes(instances: Sequence[Instance], slot_buckets: Sequence[int]) -> tuple[Shape, ...]:
+    """One (K_b, T_b) per slot bucket that holds training instances: T_b is its longest instance, rounded up to 8.
+
+    The last shape is always the full (K, T), so any instance (also of other splits) fits some shape.
+    """
     T = int(instances[0].arrays["input_ids"].shape[0])
-    if num_buckets <= 1:
-        return (T,)
-    lengths = np.array([real_length(i) for i in instances])
-    qs = np.quantile(lengths, [k / num_buckets for k in range(1, num_buckets)], method="higher")
-    return tuple(sorted({min(T, round_up(int(q))) for q in qs} | {T}))
+    K = int(slot_buckets[-1])
+    longest: dict[int, int] = {}
+    for inst in instances:
+        b = next(b for b in slot_buckets if len(inst.spans) <= b)
+        longest[b] = max(longest.get(b, 0), real_length(inst))
+    shapes = [(b, min(T, round_up(max(n, 1)))) for b, n in sorted(longest.items()) if b != K]
+    return (*shapes, (K, T))
 
 
-def bucket_of(length: int, buckets: Sequence[int]) -> int:
-    """Index of the shortest bucket holding `length` tokens."""
-    for b, size in enumerate(buckets):
-        if length <= size:
+def shape_of(inst: Instance, shapes: Sequence[Shape]) -> int:
+    """Index of the first shape holding the instance's slots and tokens."""
+    k, n = len(inst.spans), real_length(inst)
+    for b, (slots_b, tokens_b) in enumerate(shapes):
+        if k <= slots_b and n <= tokens_b:
             return b
-    raise ValueError(f"instance of {length} tokens exceeds the largest bucket {buckets[-1]}")
+    raise ValueError(f"instance with {k} slots and {n} tokens exceeds the largest shape {shapes[-1]}")
 
 
-def cut(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """A stacked batch with its token arrays cut to `length` (marker partners always point inside it)."""
-    return {k: (v[:, :length] if k in TOKEN_ARRAYS else v) for k, v in batch.items()}
+def cut(batch: dict[str, np.ndarray], shape: Shape) -> dict[str, np.ndarray]:
+    """A stacked batch cut to a shape: token arrays to T_b, slot arrays to K_b (real entries come first)."""
+    slots_b, tokens_b = shape
+    return {k: v[:, :tokens_b] if k in TOKEN_ARRAYS else v[:, :slots_b] if k in SLOT_ARRAYS else v
+            for k, v in batch.items()}
 
 
-def assign(instances: Sequence[Instance], buckets: Sequence[int]) -> list[list[int]]:
-    """Instance indices per bucket, in input order."""
-    groups: list[list[int]] = [[] for _ in buckets]
+def assign(instances: Sequence[Instance], shapes: Sequence[Shape]) -> list[list[int]]:
+    """Instance indices per shape, in input order."""
+    groups: list[list[int]] = [[] for _ in shapes]
     for i, inst in enumerate(instances):
-        groups[bucket_of(real_length(inst), buckets)].append(i)
+        groups[shape_of(inst, shapes)].append(i)
     return groups
+
+
+def plan_buckets(featurizer: Featurizer, phase: str, train_docs: Sequence[Document], num_buckets: int
+                 ) -> tuple[Featurizer, list[Instance], tuple[Shape, ...]]:
+    """(featurizer splitting slots for the buckets, training instances, bucket shapes) for a run.
+
+    `num_buckets` <= 1: one shape (K, T), candidates in consecutive chunks of K, as in the paper.
+    """
+    full = (featurizer.num_slots(phase), featurizer.seq_len(phase))
+    if num_buckets <= 1:
+        return featurizer, make_instances(featurizer, phase, train_docs), (full,)
+    featurizer = featurizer.with_slot_buckets(phase, choose_slot_buckets(featurizer, phase, train_docs, num_buckets))
+    instances = make_instances(featurizer, phase, train_docs)
+    return featurizer, instances, choose_shapes(instances, featurizer.slot_buckets(phase)) if instances else (full,)
+
+
+def save_shapes(path: Path, featurizer: Featurizer, phase: str, shapes: Sequence[Shape]) -> None:
+    """What evaluating a run later needs to build and batch instances as training did (`load_shapes`)."""
+    path.write_text(json.dumps({"phase": phase, "slot_buckets": list(featurizer.slot_buckets(phase)),
+                                "shapes": [list(s) for s in shapes]}, indent=2))
+
+
+def load_shapes(path: Path, featurizer: Featurizer, phase: str) -> tuple[Featurizer, tuple[Shape, ...]]:
+    """The featurizer and shapes a run trained with; one full shape for runs saved before buckets existed."""
+    if not path.exists():
+        return featurizer, ((featurizer.num_slots(phase), featurizer.seq_len(phase)),)
+    saved = json.loads(path.read_text())
+    return (featurizer.with_slot_buckets(phase, saved["slot_buckets"]),
+            tuple((int(k), int(t)) for k, t in saved["shapes"]))
 
 
 def epoch_batches(groups: Sequence[Sequence[int]], batch_size: int, seed: int, epoch: int) -> list[tuple[int, list[int]]]:
@@ -181,14 +233,76 @@ def epoch_batches(groups: Sequence[Sequence[int]], batch_size: int, seed: int, e
     return [out[i] for i in rng.permutation(len(out))]
 
 
+class prefetch:  # noqa: N801 (used like a generator function)
+    """Iterate `items` with up to `size` items computed ahead in a background thread, in the same order.
+
+    Hides host work (stacking, cutting, the transfer to the devices) behind the running step. An exception in
+    the producer is raised at the item where it happened. `size=0` iterates in the caller's thread. `close()`
+    stops the producer (also after a crash of the consumer).
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable, size: int = 2):
+        self._items = iter(items)
+        self._size = size
+        if size > 0:
+            self._queue: queue.Queue = queue.Queue(maxsize=size)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._produce, name="lai_jax-prefetch", daemon=True)
+            self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for item in self._items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._put_final((True, self._END))
+        except BaseException as e:  # re-raised in the consumer, at this item
+            self._put_final((False, e))
+
+    def _put_final(self, entry) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> "prefetch":
+        return self
+
+    def __next__(self):
+        if self._size <= 0:
+            return next(self._items)
+        ok, item = self._queue.get()
+        if not ok:
+            raise item
+        if item is self._END:
+            self._queue.put((True, self._END))  # later calls stop too
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        if self._size > 0:
+            self._stop.set()
+            self._thread.join()
+
+
 def num_batches(groups: Sequence[Sequence[int]], batch_size: int) -> int:
     return sum(-(-len(g) // batch_size) for g in groups)
 
 
-def eval_batches(instances: Sequence[Instance], buckets: Sequence[int], batch_size: int
+def eval_batches(instances: Sequence[Instance], shapes: Sequence[Shape], batch_size: int
                  ) -> Iterator[tuple[dict[str, np.ndarray], list[int]]]:
-    """(batch cut to its bucket and padded to `batch_size`, instance indices) over every instance once."""
-    for b, idx in enumerate(assign(instances, buckets)):
+    """(batch cut to its shape and padded to `batch_size`, instance indices) over every instance once."""
+    for b, idx in enumerate(assign(instances, shapes)):
         for lo in range(0, len(idx), batch_size):
             chunk = idx[lo:lo + batch_size]
-            yield cut(stack([instances[i] for i in chunk], batch_size), buckets[b]), chunk
+            yield cut(stack([instances[i] for i in chunk], batch_size), shapes[b]), chunk

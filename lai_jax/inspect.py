@@ -290,15 +290,24 @@ def split_stats(config, splits: Sequence[str] = SPLITS) -> dict:
     apart than max_text_len), relations_unrepresented (no slot label carries them: a third relation on one
     entity pair), relation_multi_pairs (entity pairs with several gold relations). Percentages are null where
     the denominator is 0. And the gold entity overlaps of :func:`overlap_stats`:
-    overlapping_pairs, overlapping_same_type.
+    overlapping_pairs, overlapping_same_type. Slots are counted at the NER batch shapes training would use
+    (`num_buckets`, chosen from the training split): `buckets` lists per shape [slots, tokens], instances,
+    slots, filled and filled_pct.
     """
     splits = [_canonical_split(config, s) for s in splits]
     featurizer, labels = make_featurizer(config)
     docs = load_documents(config, labels)
+    featurizer, train_inst, shapes = input_pipeline.plan_buckets(featurizer, "ner", docs["train"], config.num_buckets)
     out = {}
     for split in splits:
-        _, s = featurizer.ner_instances(docs[split], with_labels=False)
+        insts, s = featurizer.ner_instances(docs[split], with_labels=False)
         s = {k: int(v) for k, v in s.items()}
+        groups = input_pipeline.assign(insts, shapes)
+        s["buckets"] = [{"shape": list(shape), "instances": len(g), "slots": shape[0] * len(g),
+                         "filled": sum(len(insts[i].spans) for i in g),
+                         "filled_pct": _pct(sum(len(insts[i].spans) for i in g), shape[0] * len(g))}
+                        for shape, g in zip(shapes, groups)]
+        s["slots"] = sum(b["slots"] for b in s["buckets"])
         s["filled_pct"] = _pct(s["filled"], s["slots"])
         s["reachable_pct"] = _pct(s["reachable"], s["gold"])
         s["windowed_pct"] = _pct(s["windowed"], s["sentences"])
@@ -334,6 +343,10 @@ def format_stats(config, stats: dict) -> str:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    for split, s in stats.items():
+        lines.append(f"{split} batch shapes (slots, tokens): " + ", ".join(
+            f"{tuple(b['shape'])} {with_pct(b['filled'], b['slots'], b['filled_pct'])} in {b['instances']} instances"
+            for b in s["buckets"]))
     lines.append("overlapping gold entity pairs (of them same type): " + ", ".join(
         f"{split} {s['overlapping_pairs']} ({s['overlapping_same_type']})" for split, s in stats.items()
         if "overlapping_pairs" in s))

@@ -79,12 +79,26 @@ class Runner:
                 NamedSharding(self.mesh, P(AXIS)), x), batch)
         return batch
 
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's slice of a global batch, moved to the devices in the layout the steps take.
+
+        Run ahead of the step (`input_pipeline.prefetch`), so the transfer overlaps the running step.
+        """
+        if self.mode == "pmap":
+            sharding = self._pmap_sharding
+            return {k: jax.device_put(v, sharding(v.ndim)) for k, v in self.shard_batch(batch).items()}
+        if jax.process_count() > 1:
+            return self.shard_batch(batch)
+        return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
+
     # --------------------------------------------------------------------------------------- steps
-    def train(self, state: Any, batch: dict[str, np.ndarray], use_gold_filter: bool):
+    def train(self, state: Any, batch: dict, use_gold_filter: bool):
+        """One optimiser step on a global batch (host arrays, or arrays placed by `put_batch`)."""
         flag = np.asarray(use_gold_filter)
         if self.mode == "pmap":
             flag = np.broadcast_to(flag, (self.n,))
-        state, metrics = self._train(state, self.shard_batch(batch), flag)
+        placed = all(isinstance(v, jax.Array) for v in batch.values())
+        state, metrics = self._train(state, batch if placed else self.shard_batch(batch), flag)
         return state, metrics
 
     def eval(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,6 +1,8 @@
 """train_and_evaluate(config, workdir): one phase (NER or RE), from data to dev-selected test scores."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -8,7 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
@@ -71,32 +73,54 @@ def per_device_batch(config, local_devices: int, processes: int = 1) -> int:
     return config.batch_size // split
 
 
+def host_rows(idx: Sequence[int], global_batch: int, process: int, processes: int) -> list[int]:
+    """This process's rows of a global batch of instance indices `idx` (padded to `global_batch`): the real ones."""
+    per_host = global_batch // processes
+    return list(idx[process * per_host:(process + 1) * per_host])
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train one phase with dev-based checkpoint selection, then score the best checkpoint on dev and test."""
+    """Train one phase with dev-based checkpoint selection, then score the best checkpoint on dev and test.
+
+    Every process runs this; only process 0 writes files (config, shapes, metrics, predictions, results), and
+    checkpoints go through orbax, which coordinates the processes.
+    """
     per_device = per_device_batch(config, jax.local_device_count(), jax.process_count())  # fail before any work
+    writer_process = jax.process_index() == 0
     workdir_p = Path(workdir)
-    workdir_p.mkdir(parents=True, exist_ok=True)
-    (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if writer_process:
+        workdir_p.mkdir(parents=True, exist_ok=True)
+        (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=2))
     setup = build(config)
     docs = input_pipeline.load_splits(config, setup.labels)
     ents = {s: evaluate.predicted_entities(config, s, docs[s]) for s in ("dev", "test")} if config.phase == "re" else {}
-    train_inst = input_pipeline.make_instances(setup.featurizer, config.phase, docs["train"])
+    featurizer, train_inst, shapes = input_pipeline.plan_buckets(setup.featurizer, config.phase, docs["train"],
+                                                                 config.num_buckets)
     if not train_inst:
         raise ValueError("the training split produced no instances (no sentences, or no entities for RE)")
+    setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes)
+    if writer_process:
+        input_pipeline.save_shapes(workdir_p / evaluate.SHAPES_FILE, featurizer, config.phase, shapes)
+    # Built once per run: every evaluation reuses them.
+    eval_inst = {s: input_pipeline.make_instances(featurizer, config.phase, docs[s], ents.get(s)) for s in ("dev", "test")}
 
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps))
     global_batch = config.batch_size
-    buckets = input_pipeline.bucket_lengths(train_inst, config.num_buckets)
-    groups = input_pipeline.assign(train_inst, buckets)
+    groups = input_pipeline.assign(train_inst, shapes)
     steps_per_epoch = input_pipeline.num_batches(groups, global_batch)
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
     log.info("%d train instances, %d steps/epoch, %d steps, global batch %d = %d per device x %d device(s) (%s) "
-             "x %d process(es) x %d accumulation step(s), length buckets %s holding %s instances", len(train_inst),
-             steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode, jax.process_count(),
-             config.grad_accum_steps, list(buckets), [len(g) for g in groups])
+             "x %d process(es) x %d accumulation step(s), batch shapes (slots, tokens) %s holding %s instances",
+             len(train_inst), steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode,
+             jax.process_count(), config.grad_accum_steps, list(shapes), [len(g) for g in groups])
 
     sample = input_pipeline.stack(train_inst[:1])
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
@@ -110,22 +134,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
     state = runner.put_state(state)
 
+    epoch_plan = functools.lru_cache(maxsize=2)(
+        lambda epoch: input_pipeline.epoch_batches(groups, global_batch, config.seed, epoch))
+
+    def host_batch(step: int) -> dict:
+        """The host's slice of step `step`'s global batch, cut to its bucket's shape, on the devices."""
+        epoch, offset = divmod(step, steps_per_epoch)
+        b, idx = epoch_plan(epoch)[offset]
+        rows = host_rows(idx, global_batch, jax.process_index(), jax.process_count())
+        batch = input_pipeline.stack([train_inst[i] for i in rows], global_batch // jax.process_count(),
+                                     like=train_inst[0])
+        return runner.put_batch(input_pipeline.cut(batch, shapes[b]))
+
     writer = checkpoints.metric_writer(workdir_p)
     pending: list[tuple[int, Any]] = []
-    host_batch = global_batch // jax.process_count()
-    host_shard = slice(jax.process_index() * host_batch, (jax.process_index() + 1) * host_batch)
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
+    plain_log = bar.disable and writer_process  # no terminal (SLURM, CI): plain progress lines instead of the bar
     t0, step = time.time(), start_step
-    epoch_plan: tuple[int, list] = (-1, [])
     last_dev: tuple = (None, None, None)  # (step, predictions, scores) of the latest dev evaluation
+    batches = input_pipeline.prefetch(map(host_batch, range(start_step, total_steps)), config.prefetch_batches)
     try:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if epoch_plan[0] != epoch:
-                epoch_plan = (epoch, input_pipeline.epoch_batches(groups, global_batch, config.seed, epoch))
-            b, idx = epoch_plan[1][offset]
-            batch = input_pipeline.cut(input_pipeline.stack([train_inst[i] for i in idx], global_batch), buckets[b])
-            batch = {k: v[host_shard] for k, v in batch.items()}
+        for batch in batches:
+            epoch = step // steps_per_epoch
             use_gold = config.phase == "ner" and epoch < config.cold_start_epochs
             state, m = runner.train(state, batch, use_gold)
             step += 1
@@ -136,21 +166,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 rate = (step - start_step) / max(time.time() - t0, 1e-9)
                 bar.set_postfix(loss=f"{host['loss']:.4f}", steps_per_s=f"{rate:.2f}", epoch=epoch)
                 writer.write_scalars(step, {**host, "steps_per_s": rate})
+                if plain_log:
+                    log.info("train %s step %d/%d epoch %d loss %.4f %.2f steps/s ETA %s", config.phase, step,
+                             total_steps, epoch, host["loss"], rate, format_eta((total_steps - step) / rate))
             if step % eval_every == 0 or step == total_steps:
                 host_state = runner.get_state(state)
                 dev_pred, dev_result = evaluation.evaluate_documents(runner, state, setup, docs["dev"], ents.get("dev"),
-                                                                    "dev", buckets)
+                                                                    "dev", eval_inst["dev"])
                 last_dev = (step, dev_pred, dev_result)
                 f1 = evaluation.selection_f1(config, dev_result)
                 writer.write_scalars(step, evaluation.flat_metrics(dev_result, "dev"))
                 table = metrics_lib.format_table(dev_result, evaluation.table_tasks(config))
-                tqdm.write(f"step {step} (epoch {epoch}) dev: " + table.replace("\n", "\n  "))
+                if writer_process:
+                    tqdm.write(f"step {step} (epoch {epoch}) dev: " + table.replace("\n", "\n  "))
                 ckpt.save(step, host_state, f1)
                 best_f1 = max(best_f1, f1)
             if config.debug_kill_after_step and step == config.debug_kill_after_step:
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
     finally:
+        batches.close()
         bar.close()
         ckpt.wait()
         writer.flush()
@@ -164,12 +199,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pred, result = last_dev[1:]  # the best checkpoint is the last one scored on dev: same outputs
         else:
             pred, result = evaluation.evaluate_documents(runner, best, setup, docs[split], ents.get(split), split,
-                                                         buckets)
-        predictions.write_predictions(workdir_p / "predictions" / f"{input_pipeline.split_name(config, split)}.jsonl",
-                                      pred, predictions.prediction_settings(config, results["best_step"]))
+                                                         eval_inst[split])
         results[split] = result
-        table = metrics_lib.format_table(result, evaluation.table_tasks(config))
-        print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")
+        if writer_process:
+            predictions.write_predictions(workdir_p / "predictions" / f"{input_pipeline.split_name(config, split)}.jsonl",
+                                          pred, predictions.prediction_settings(config, results["best_step"]))
+            table = metrics_lib.format_table(result, evaluation.table_tasks(config))
+            print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")
     results["compiles"] = dict(runner.compiles)
-    (workdir_p / "results.json").write_text(json.dumps(results, indent=2))
+    if writer_process:
+        (workdir_p / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -4,7 +4,7 @@ import pytest
 
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
-from lai_jax.data.labels import load_labels
+from lai_jax.data.labels import load_labels, pair_labels
 from lai_jax.data.readers import read_documents
 from lai_jax.encoder import default_encoder_path, load_tokenizer
 from lai_jax.input_pipeline import DATA_ROOT
@@ -307,17 +307,17 @@ def test_word_longer_than_budget_keeps_its_span(tok, labels):
 def test_pair_labels_keep_two_relations_per_pair(labels):
     space = features.RelationLabelSpace.from_types(["A", "B", "S"], ["S"])
     x, y = (0, 0), (3, 4)
-    one, lost = features.pair_labels(space, [Relation(x, y, "A")])
+    one, lost = pair_labels(space, [Relation(x, y, "A")])
     assert one == {(x, y): space.forward_id("A"), (y, x): space.inverse_id("A")} and not lost
     # opposite directions: each slot reads its own relation forward (as RelationLabelSpace.gold_label)
-    both, lost = features.pair_labels(space, [Relation(x, y, "A"), Relation(y, x, "B")])
+    both, lost = pair_labels(space, [Relation(x, y, "A"), Relation(y, x, "B")])
     assert both == {(x, y): space.forward_id("A"), (y, x): space.forward_id("B")} and not lost
     # two types in one direction: the second is carried by the reverse slot as an inverse class
-    two, lost = features.pair_labels(space, [Relation(x, y, "A"), Relation(x, y, "B")])
+    two, lost = pair_labels(space, [Relation(x, y, "A"), Relation(x, y, "B")])
     assert two == {(x, y): space.forward_id("A"), (y, x): space.inverse_id("B")} and not lost
     # a symmetric relation listed both ways is one relation; a third relation has no slot left
-    three, lost = features.pair_labels(space, [Relation(x, y, "S"), Relation(y, x, "S"), Relation(y, x, "A"),
+    three, lost = pair_labels(space, [Relation(x, y, "S"), Relation(y, x, "S"), Relation(y, x, "A"),
                                                Relation(x, y, "B")])
     assert three == {(x, y): space.forward_id("S"), (y, x): space.forward_id("A")}
     assert lost == [Relation(x, y, "B")]
-    assert features.pair_labels(space, [])[0] == {}
+    assert pair_labels(space, [])[0] == {}

@@ -162,7 +162,11 @@ def test_split_stats_sane(config):
     assert list(stats) == ["train", "dev", "test"]
     for split, s in stats.items():
         assert s["sentences"] > 0 and s["instances"] >= s["sentences"], split
-        assert s["slots"] == s["instances"] * small.max_candidates
+        buckets = s["buckets"]
+        assert buckets[-1]["shape"][0] == small.max_candidates and len(buckets) == small.num_buckets
+        assert sum(b["instances"] for b in buckets) == s["instances"] and sum(b["slots"] for b in buckets) == s["slots"]
+        assert all(b["slots"] == b["shape"][0] * b["instances"] and b["filled"] <= b["slots"] for b in buckets)
+        assert sum(b["filled"] for b in buckets) == s["filled"]
         assert 0 < s["filled"] <= s["slots"] and 0 < s["filled_pct"] <= 100
         assert 0 < s["reachable"] <= s["gold"] and 0 < s["reachable_pct"] <= 100
         assert 0 <= s["windowed"] <= s["sentences"] and 0 <= s["windowed_pct"] <= 100
@@ -218,3 +222,13 @@ def test_paper_encoder_offline_falls_back_to_the_packaged_tokenizer(monkeypatch,
     lai_inspect._tokenizer.cache_clear()
     assert "packaged MiniLM-L6 tokenizer" in caplog.text and "allenai/scibert_scivocab_uncased" in caplog.text
     assert featurizer.tok.get_vocab() == load_tokenizer("default").get_vocab()
+
+
+@pytest.mark.parametrize("dataset", ["scierc", "ade", "conll04"])
+def test_bundled_datasets_fill_85_percent_of_candidate_slots(dataset):
+    """With the default 3 batch shapes at least 85% of the NER candidate slots are real (one 220-slot shape: 56-63%)."""
+    config = load_config_file(str(REPO / "configs" / f"{dataset}.py"))
+    config.encoder = "default"  # the packaged tokenizer (offline); the paper's own vocabularies split alike
+    train = lai_inspect.split_stats(config, ["train"])["train"]
+    assert train["filled_pct"] >= 85.0, train["buckets"]
+    assert [b["shape"][0] for b in train["buckets"]][-1] == 220 and len(train["buckets"]) <= 3

@@ -99,7 +99,8 @@ def test_dev_holdout_does_not_follow_the_training_seed(monkeypatch):
 
 def test_one_compile_per_phase_with_short_last_batch(tiny_bert, tmp_path):
     from lai_jax import train
-    config = tiny_config("ner", tiny_bert, **{"data.train_limit": 10, "batch_size": 4, "grad_accum_steps": 2})
+    config = tiny_config("ner", tiny_bert, **{"data.train_limit": 10, "batch_size": 4, "grad_accum_steps": 2,
+                                              "num_buckets": 1})
     result = train.train_and_evaluate(config, str(tmp_path))
     setup_n = result["steps"]
     assert setup_n >= 2
@@ -122,7 +123,7 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
               "--config.data.train_limit=24", "--config.data.eval_limit=8", "--config.max_text_len=24",
               "--config.max_span_len=3", "--config.max_candidates=24", "--config.batch_size=4",
               "--config.model.gcn_heads=2", "--config.max_steps=6", "--config.eval_every_steps=2",
-              "--config.cold_start_epochs=0", "--config.log_every_steps=1"]
+              "--config.cold_start_epochs=0", "--config.log_every_steps=1", "--config.num_buckets=3"]
     killed = run(common + [f"--workdir={tmp_path / 'a'}", "--config.debug_kill_after_step=3"], check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: nothing after step 3 ran
     assert not (tmp_path / "a" / "results.json").exists()
@@ -140,6 +141,9 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
     assert "ner" in out.stdout and (tmp_path / "a" / "eval_test.json").exists()
     result = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert result["ner"]["micro"]["n_gold"] > 0
+    # Evaluation batches and splits slots as training did (shapes.json): the same scores as the run's own.
+    assert result == json.loads((tmp_path / "a" / "results.json").read_text())["test"]
+    assert len(json.loads((tmp_path / "a" / "shapes.json").read_text())["shapes"]) > 1  # resumed across buckets
     assert "re+" not in out.stdout  # a NER run's table has no relation rows
     # A sweep decodes several thresholds from one forward pass; at the run's own threshold it equals evaluate.
     from lai_jax.config_base import load_run_config

@@ -7,8 +7,9 @@ Layout of one instance (packed, then padded to the config's static length T):
 Position ids run 0, 1, 2, ... over text, [SEP], annotations and the second [SEP]; a marker takes the
 position id of its span's first (start marker) or last (end marker) wordpiece. In the RE phase solid
 subject markers are real tokens inside the text (so the text's position ids shift past them) and every
-other entity gets a pair of levitated object markers. Every array has a shape fixed by the config alone,
-so one XLA compile serves a whole phase and split.
+other entity gets a pair of levitated object markers. Every array has a shape fixed by the config alone
+(T tokens, K slots). A window's candidates (RE: a subject's objects) are split into instances sized for a few
+slot buckets (`lai_jax.data.slots`); `lai_jax.input_pipeline` cuts each batch to its bucket's shape.
 
 Long sentences (training, evaluation and prediction alike): a sentence whose wordpieces exceed
 ``max_text_len`` is covered by overlapping windows of whole words (:func:`plan_windows`); each window is
@@ -20,20 +21,21 @@ decoding merges a sentence's instances whatever windows they come from. A word w
 the budget is shown by its first ``max_text_len`` pieces. RE on a windowed sentence: each subject gets a
 window centred on it; an object outside it goes to a window of the subject's reaching towards the object,
 so a pair is an object slot (once per direction) whenever the words from one entity to the other fit the
-budget. A pair farther apart than that is unreachable: it gets no slot, and ``relation_stats`` counts the gold relations lost that way (``inspect --stats``). Nothing is
-dropped without being counted.
+budget. A pair farther apart than that is unreachable: it gets no slot, and ``relation_stats`` counts the
+gold relations lost that way (``inspect --stats``). Nothing is dropped without being counted.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from lai_jax.data import masks
-from lai_jax.data.documents import Document, Entity, Relation
-from lai_jax.data.labels import LabelSet, RelationLabelSpace
-from lai_jax.data.windows import best_window, fit_window, plan_windows
+from lai_jax.data import masks, slots
+from lai_jax.data.documents import Document, Entity
+from lai_jax.data.labels import LabelSet, RelationLabelSpace, pair_labels
+from lai_jax.data.windows import best_window, pair_windows, plan_windows
 
 # Reserved vocabulary entries used as marker tokens (BERT vocabularies carry [unused0..98]).
 NER_START, NER_END = "[unused0]", "[unused1]"
@@ -51,6 +53,10 @@ class FeatureConfig:
     max_candidates: int = 220  # K: candidate slots per NER instance
     max_objects: int = 16  # object slots per RE instance
     use_annotations: bool = True  # False = the paper's "w/o 1st round" ablation
+    # Slot counts an instance may be filled for (ascending, the last = max_candidates / max_objects; see
+    # `lai_jax.data.slots`); empty = K alone, candidates cut into consecutive chunks of K as in the paper.
+    ner_slot_buckets: tuple[int, ...] = ()
+    re_slot_buckets: tuple[int, ...] = ()
 
 
 def round_up(n: int, multiple: int = 8) -> int:
@@ -66,46 +72,6 @@ def num_candidates(num_words: int, max_span_len: int) -> int:
 def enumerate_spans(num_words: int, max_span_len: int) -> list[tuple[int, int]]:
     """All spans of <= max_span_len words, sorted by (start, end) so neighbours share an instance."""
     return [(i, j) for i in range(num_words) for j in range(i, min(num_words, i + max_span_len))]
-
-
-def pair_labels(space: RelationLabelSpace, relations: Iterable[Relation]
-                ) -> tuple[dict[tuple[Span, Span], int], list[Relation]]:
-    """Gold class of each ordered (subject, object) slot of a sentence, and the gold relations no slot carries.
-
-    The classifier gives one class per slot (SPEC §8). For each unordered entity pair, each direction's
-    slot takes a relation it reads forward (its subject is the head; a symmetric type reads forward both
-    ways), else one it reads as inverse, preferring one the other slot does not already carry. So a single
-    relation fills both slots (forward in one, inverse in the other), and two relations on one pair
-    (opposite directions, or two types in one direction) fill one slot each; a third one has no slot and
-    is returned as lost. A relation listed twice (or a symmetric one listed both ways) counts once.
-    Note that the ``both`` and ``sum`` decoding rules read the two slots of a pair together, so they can
-    output at most one relation per pair; ``either`` can output both.
-    """
-    by_pair: dict[tuple[Span, Span], list[Relation]] = {}
-    for r in relations:
-        head, tail = tuple(r.head), tuple(r.tail)
-        if space.is_symmetric(r.type) and tail < head:
-            head, tail = tail, head
-        r = Relation(head, tail, r.type)
-        group = by_pair.setdefault((min(head, tail), max(head, tail)), [])
-        if r not in group:
-            group.append(r)
-    out: dict[tuple[Span, Span], int] = {}
-    lost: list[Relation] = []
-
-    def reads_forward(r: Relation, subj: Span) -> bool:
-        return r.head == subj or space.is_symmetric(r.type)
-
-    def label(r: Relation, subj: Span) -> int:
-        return space.forward_id(r.type) if reads_forward(r, subj) else space.inverse_id(r.type)
-
-    for (x, y), group in by_pair.items():
-        a = next((r for r in group if reads_forward(r, x)), group[0])
-        rest = [r for r in group if r is not a]
-        b = next((r for r in rest if reads_forward(r, y)), rest[0]) if rest else a
-        out[(x, y)], out[(y, x)] = label(a, x), label(b, y)
-        lost.extend(r for r in rest if r is not b)
-    return out, lost
 
 
 @dataclasses.dataclass
@@ -174,6 +140,42 @@ class Featurizer:
             anno, slots, text = self.re_anno[0], c.max_objects, c.max_text_len + 2  # + solid markers
         anno_len = len(anno) + 1 if c.use_annotations else 0
         return round_up(1 + text + 1 + anno_len + 2 * slots)
+
+    def num_slots(self, phase: str) -> int:
+        """K: candidate (NER) or object (RE) slots per instance."""
+        return self.cfg.max_candidates if phase == "ner" else self.cfg.max_objects
+
+    def slot_buckets(self, phase: str) -> tuple[int, ...]:
+        return (self.cfg.ner_slot_buckets if phase == "ner" else self.cfg.re_slot_buckets) or (self.num_slots(phase),)
+
+    def with_slot_buckets(self, phase: str, buckets: Sequence[int]) -> "Featurizer":
+        """The same featurizer splitting a phase's slots for `buckets` (see `lai_jax.data.slots`)."""
+        field = "ner_slot_buckets" if phase == "ner" else "re_slot_buckets"
+        return Featurizer(self.tok, self.labels, dataclasses.replace(self.cfg, **{field: tuple(map(int, buckets))}))
+
+    def overhead(self, sp: "SentencePieces", phase: str) -> int:
+        """Tokens of an instance besides its markers: [CLS] text [SEP] (annotations [SEP]) (RE: solid markers)."""
+        anno = (len((self.ner_anno if phase == "ner" else self.re_anno)[0]) + 1) if self.cfg.use_annotations else 0
+        return 2 + len(sp.ids) + anno + (2 if phase == "re" else 0)
+
+    def chunks(self, items: Sequence, sp: "SentencePieces", phase: str) -> list[list]:
+        """A window's slots (spans or objects) split into instances: consecutive runs of K with one bucket,
+        else the cheapest split for the buckets (`slots.split_slots`); [[]] when there are none."""
+        buckets = self.slot_buckets(phase)
+        if len(buckets) == 1:
+            K = buckets[0]
+            return [list(items[lo:lo + K]) for lo in range(0, max(len(items), 1), K)]
+        out, lo = [], 0
+        for n in slots.split_slots(len(items), buckets, self.overhead(sp, phase)):
+            out.append(list(items[lo:lo + n]))
+            lo += n
+        return out
+
+    def slot_demand(self, docs: Sequence[Document], phase: str) -> list[tuple[int, int]]:
+        """(slots, overhead tokens) of every window that becomes instances: what slot buckets are chosen for."""
+        if phase == "ner":
+            return [(len(spans), self.overhead(sp, phase)) for _, _, sp, spans, _ in self._ner_windows(docs, False)]
+        return [(len(objs), self.overhead(sp, phase)) for _, _, sp, _, objs, _ in self._re_groups(docs, None)]
 
     def num_types(self, phase: str) -> int:
         return len(self.labels.entity_types) if phase == "ner" else len(self.labels.relation_types)
@@ -286,15 +288,28 @@ class Featurizer:
     def ner_instances(self, docs: Sequence[Document], with_labels: bool = True) -> tuple[list[Instance], dict]:
         """All NER instances of a split, and the statistics `inspect --stats` prints.
 
-        Stats: sentences, instances, slots, filled (candidate slots), gold and reachable (gold entities that
-        are a candidate), too_long (gold entities longer than max_span_len, never candidates), windowed
-        (sentences cut into several windows), long_words (words shown by their first max_text_len pieces),
-        spans_unreachable (spans of <= max_span_len words whose pieces exceed max_text_len).
+        Stats: sentences, instances, slots (of the instances' slot buckets), filled (candidate slots), gold and
+        reachable (gold entities that are a candidate), too_long (gold entities longer than max_span_len, never
+        candidates), windowed (sentences cut into several windows), long_words (words shown by their first
+        max_text_len pieces), spans_unreachable (spans of <= max_span_len words whose pieces exceed max_text_len).
         """
-        c = self.cfg
         out: list[Instance] = []
         stats = dict(sentences=0, instances=0, slots=0, filled=0, gold=0, reachable=0, too_long=0, windowed=0,
                      long_words=0, spans_unreachable=0)
+        buckets = self.slot_buckets("ner")
+        for d, s, sp, win_spans, gold in self._ner_windows(docs, with_labels, stats):
+            for chunk in self.chunks(win_spans, sp, "ner"):
+                out.append(self._ner_instance(sp, chunk, gold, d, s))
+                stats["instances"] += 1
+                stats["slots"] += next(b for b in buckets if len(chunk) <= b)
+                stats["filled"] += len(chunk)
+        return out, stats
+
+    def _ner_windows(self, docs: Sequence[Document], with_labels: bool, stats: Optional[dict] = None):
+        """(doc, sentence, window pieces, the window's candidate spans, gold classes) of every window that gets
+        instances: each span of <= max_span_len words in the window where it is most central."""
+        c = self.cfg
+        stats = stats if stats is not None else collections.Counter()
         for d, doc in enumerate(docs):
             pieces = self.word_pieces(doc)
             for s, sent in enumerate(doc.sentences):
@@ -315,18 +330,13 @@ class Featurizer:
                 stats["too_long"] += sum(b - a >= c.max_span_len for a, b in gold)
                 span_set = {sp for chunk in owned for sp in chunk}
                 stats["reachable"] += sum(g in span_set for g in gold)
-                n_before = len(out)
+                emitted = False
                 for win, win_spans in zip(wins, owned):
-                    if not win_spans and (len(out) > n_before or win != wins[-1]):
+                    if not win_spans and (emitted or win != wins[-1]):
                         continue  # a window owning no span needs no instance (but every sentence gets one)
-                    sp = self.sentence_pieces(pieces, s, c.max_text_len, win)
-                    for lo in range(0, max(len(win_spans), 1), c.max_candidates):
-                        chunk = win_spans[lo:lo + c.max_candidates]
-                        out.append(self._ner_instance(sp, chunk, gold if with_labels else {}, d, s))
-                        stats["instances"] += 1
-                        stats["slots"] += c.max_candidates
-                        stats["filled"] += len(chunk)
-        return out, stats
+                    emitted = True
+                    yield d, s, self.sentence_pieces(pieces, s, c.max_text_len, win), win_spans, \
+                        (gold if with_labels else {})
 
     def _ner_instance(self, sp: SentencePieces, chunk, gold, d, s) -> Instance:
         K = self.cfg.max_candidates
@@ -342,15 +352,21 @@ class Featurizer:
 
     def re_instances(self, docs: Sequence[Document], entities: Optional[Sequence[Sequence[Sequence[Entity]]]] = None,
                      ) -> list[Instance]:
-        """One instance per subject entity and window (more if it has over max_objects objects there).
+        """One instance per subject entity and window (more if its objects there exceed its slots).
 
         entities[d][s] overrides the gold entities of sentence s of document d (end-to-end evaluation
         on predicted entities); labels are then still read from the gold relations where spans match
         (`pair_labels`). Each ordered entity pair is an object slot exactly once, unless it is unreachable
         (module docstring).
         """
+        return [self._re_instance(sp, subj, chunk, gold, d, s)
+                for d, s, sp, subj, objs, gold in self._re_groups(docs, entities)
+                for chunk in self.chunks(objs, sp, "re")]
+
+    def _re_groups(self, docs: Sequence[Document], entities):
+        """(doc, sentence, window pieces, subject, its objects in that window, gold pair labels) of every
+        subject and window that gets instances."""
         c = self.cfg
-        out: list[Instance] = []
         for d, doc in enumerate(docs):
             pieces = self.word_pieces(doc)
             for s, sent in enumerate(doc.sentences):
@@ -373,53 +389,14 @@ class Featurizer:
                     for k in sorted(groups):
                         if k not in texts:
                             texts[k] = self.sentence_pieces(pieces, s, c.max_text_len, wins[k])
-                        objs = groups[k]
-                        for lo in range(0, max(len(objs), 1), c.max_objects):
-                            out.append(self._re_instance(texts[k], subj, objs[lo:lo + c.max_objects], gold, d, s))
-        return out
+                        yield d, s, texts[k], subj, groups[k], gold
 
     def _re_plan(self, pieces, s: int, spans: Sequence[Span]) -> tuple[list[tuple[int, int]], dict, dict]:
-        """RE windows of sentence s: (windows, window index of each ordered pair within reach, of each subject).
-
-        A sentence within max_text_len is one window. Otherwise each subject x has its own window centred on
-        it (`fit_window`); an object y outside it goes to x's window reaching as far right (y after x) or
-        left (y before x) as the budget allows, so the pair has a slot whenever the words from one entity
-        to the other fit max_text_len: at most three windows per subject. A pair beyond that is unreachable
-        (left out of the dict); a subject too long for any window has none.
-        """
-        c = self.cfg
-        counts = [len(w) for w in pieces[s]]
+        """RE windows of sentence s (`windows.pair_windows`)."""
         wins = self.windows(pieces, s)
         if len(wins) == 1:
             return wins, {(x, y): 0 for x in spans for y in spans if x != y}, {x: 0 for x in spans}
-        wins, index = [], {}
-
-        def window_id(w: tuple[int, int]) -> int:
-            if w not in index:
-                index[w] = len(wins)
-                wins.append(w)
-            return index[w]
-
-        def holds(w: Optional[tuple[int, int]], span: Span) -> bool:
-            return w is not None and w[0] <= span[0] and span[1] < w[1]
-
-        assign: dict[tuple[Span, Span], int] = {}
-        home: dict[Span, int] = {}
-        for x in spans:
-            own = fit_window(counts, x[0], x[1], c.max_text_len)
-            if own is None:
-                continue
-            home[x] = window_id(own)
-            for y in spans:
-                if y == x:
-                    continue
-                w = own
-                if not holds(w, y):
-                    toward = 1 if y[0] >= x[0] else -1 if y[1] <= x[1] else 0
-                    w = fit_window(counts, min(x[0], y[0]), max(x[1], y[1]), c.max_text_len, toward)
-                if holds(w, y):
-                    assign[(x, y)] = window_id(w)
-        return wins, assign, home
+        return pair_windows([len(w) for w in pieces[s]], spans, self.cfg.max_text_len)
 
     def relation_stats(self, docs: Sequence[Document]) -> dict:
         """What RE training on the gold entities of `docs` can see of their gold relations (`inspect --stats`).

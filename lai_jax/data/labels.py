@@ -15,13 +15,14 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from lai_jax.data.documents import DataError
+from lai_jax.data.documents import DataError, Relation
 
 PathLike = Union[str, os.PathLike]
+Span = tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,3 +245,43 @@ class RelationLabelSpace:
         if reverse_rel is not None:
             return self.inverse_id(reverse_rel)
         return 0
+
+
+def pair_labels(space: RelationLabelSpace, relations: Iterable[Relation]
+                ) -> tuple[dict[tuple[Span, Span], int], list[Relation]]:
+    """Gold class of each ordered (subject, object) slot of a sentence, and the gold relations no slot carries.
+
+    The classifier gives one class per slot (SPEC §8). For each unordered entity pair, each direction's
+    slot takes a relation it reads forward (its subject is the head; a symmetric type reads forward both
+    ways), else one it reads as inverse, preferring one the other slot does not already carry. So a single
+    relation fills both slots (forward in one, inverse in the other), and two relations on one pair
+    (opposite directions, or two types in one direction) fill one slot each; a third one has no slot and
+    is returned as lost. A relation listed twice (or a symmetric one listed both ways) counts once.
+    Note that the ``both`` and ``sum`` decoding rules read the two slots of a pair together, so they can
+    output at most one relation per pair; ``either`` can output both.
+    """
+    by_pair: dict[tuple[Span, Span], list[Relation]] = {}
+    for r in relations:
+        head, tail = tuple(r.head), tuple(r.tail)
+        if space.is_symmetric(r.type) and tail < head:
+            head, tail = tail, head
+        r = Relation(head, tail, r.type)
+        group = by_pair.setdefault((min(head, tail), max(head, tail)), [])
+        if r not in group:
+            group.append(r)
+    out: dict[tuple[Span, Span], int] = {}
+    lost: list[Relation] = []
+
+    def reads_forward(r: Relation, subj: Span) -> bool:
+        return r.head == subj or space.is_symmetric(r.type)
+
+    def label(r: Relation, subj: Span) -> int:
+        return space.forward_id(r.type) if reads_forward(r, subj) else space.inverse_id(r.type)
+
+    for (x, y), group in by_pair.items():
+        a = next((r for r in group if reads_forward(r, x)), group[0])
+        rest = [r for r in group if r is not a]
+        b = next((r for r in rest if reads_forward(r, y)), rest[0]) if rest else a
+        out[(x, y)], out[(y, x)] = label(a, x), label(b, y)
+        lost.extend(r for r in rest if r is not b)
+    return out, lost

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+Span = tuple[int, int]
+
 
 def plan_windows(piece_counts: Sequence[int], budget: int, max_span_len: int) -> list[tuple[int, int]]:
     """Word windows [lo, hi) of a sentence: each fits `budget` wordpieces, together they cover every word.
@@ -86,3 +88,44 @@ def fit_window(piece_counts: Sequence[int], start: int, end: int, budget: int, t
                 if step > 0 and hi < len(counts) and total + counts[hi] <= budget:
                     hi, total, grew = hi + 1, total + counts[hi], True
     return lo, hi
+
+
+def pair_windows(counts: Sequence[int], spans: Sequence[Span], budget: int
+                 ) -> tuple[list[tuple[int, int]], dict, dict]:
+    """RE windows of a sentence too long for one: (windows, window index of each ordered pair within reach,
+    window index of each subject), for words of `counts` wordpieces.
+
+    Each subject x has its own window centred on it (`fit_window`); an object y outside it goes to x's window
+    reaching as far right (y after x) or left (y before x) as the budget allows, so the pair has a slot
+    whenever the words from one entity to the other fit the budget: at most three windows per subject. A
+    pair beyond that is unreachable (left out of the dict); a subject too long for any window has none.
+    """
+    wins: list[tuple[int, int]] = []
+    index: dict[tuple[int, int], int] = {}
+
+    def window_id(w: tuple[int, int]) -> int:
+        if w not in index:
+            index[w] = len(wins)
+            wins.append(w)
+        return index[w]
+
+    def holds(w: Optional[tuple[int, int]], span: Span) -> bool:
+        return w is not None and w[0] <= span[0] and span[1] < w[1]
+
+    assign: dict[tuple[Span, Span], int] = {}
+    home: dict[Span, int] = {}
+    for x in spans:
+        own = fit_window(counts, x[0], x[1], budget)
+        if own is None:
+            continue
+        home[x] = window_id(own)
+        for y in spans:
+            if y == x:
+                continue
+            w = own
+            if not holds(w, y):
+                toward = 1 if y[0] >= x[0] else -1 if y[1] <= x[1] else 0
+                w = fit_window(counts, min(x[0], y[0]), max(x[1], y[1]), budget, toward)
+            if holds(w, y):
+                assign[(x, y)] = window_id(w)
+    return wins, assign, home
