@@ -5,6 +5,7 @@ import pytest
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels, pair_labels
+from lai_jax.stats import relation_stats
 from lai_jax.data.readers import read_documents
 from lai_jax.encoder import default_encoder_path, load_tokenizer
 from lai_jax.input_pipeline import DATA_ROOT
@@ -254,7 +255,7 @@ def test_long_sentence_windows_every_span_once_and_every_near_relation(tok, labe
         assert all(lo <= a and b < hi for a, b in [inst.subject] + inst.spans)
         a = inst.arrays
         assert a["input_ids"][a["subj_marker_start"] + 1] == pieces[1][inst.subject[0]][0]
-    st = f.relation_stats([doc])
+    st = relation_stats(f, [doc])
     assert st == dict(relations=len(sent.relations), unreachable=1, unrepresented=0, multi_pairs=0, windowed=1)
     for subj in {i.subject for i in r_insts}:  # its own window, and one reaching either way for far objects
         assert len({i.window for i in r_insts if i.subject == subj}) <= 3
@@ -285,7 +286,7 @@ def test_re_reach_is_the_text_budget(tok, labels):
         lo, hi = inst.window
         assert hi - lo <= 12 and all(lo <= a and b < hi for a, b in [inst.subject] + inst.spans)
     assert {i.subject for i in insts} == {e.span for e in ents}
-    assert f.relation_stats([doc]) == dict(relations=3, unreachable=1, unrepresented=0, multi_pairs=0, windowed=1)
+    assert relation_stats(f, [doc]) == dict(relations=3, unreachable=1, unrepresented=0, multi_pairs=0, windowed=1)
 
 
 def test_word_longer_than_budget_keeps_its_span(tok, labels):

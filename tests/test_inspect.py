@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lai_jax import inspect as lai_inspect
+from lai_jax import inspect as lai_inspect, stats as lai_stats
 from lai_jax.config_base import load_config_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def re_info(config):
 
 @pytest.fixture(scope="module")
 def tok(config):
-    return lai_inspect.make_featurizer(config)[0].tok
+    return lai_stats.make_featurizer(config)[0].tok
 
 
 def word_token_bounds(tok, words, first_token=1):
@@ -152,13 +152,13 @@ def test_format_instance_and_errors(ner, re_info, config):
         lai_inspect.inspect_instance(small, "validation", 0)
     ade = load_config_file(str(REPO / "configs" / "ade.py"))
     with pytest.raises(ValueError, match="hold-out"):
-        lai_inspect._canonical_split(ade, "validation")
+        lai_stats.canonical_split(ade, "validation")
 
 
 def test_split_stats_sane(config):
     small = config.copy_and_resolve_references()
     small.data.train_limit = 150
-    stats = lai_inspect.split_stats(small)
+    stats = lai_stats.split_stats(small)
     assert list(stats) == ["train", "dev", "test"]
     for split, s in stats.items():
         assert s["sentences"] > 0 and s["instances"] >= s["sentences"], split
@@ -174,7 +174,7 @@ def test_split_stats_sane(config):
         assert s["relations"] > 0 and s["relations_unreachable"] == s["relations_unrepresented"] == 0
     assert stats["train"]["sentences"] == 150
     assert all(s["overlapping_pairs"] == s["overlapping_same_type"] == 0 for s in stats.values())  # CoNLL04 is flat
-    table = lai_inspect.format_stats(small, stats)
+    table = lai_stats.format_stats(small, stats)
     assert all(split in table for split in stats) and "reachable" in table and "overlapping gold" in table
     json.dumps(stats)
 
@@ -185,13 +185,13 @@ def test_overlap_stats_counts_nested_and_crossing_pairs():
             Entity(0, 3, "A")]  # (0,3) A listed twice counts once
     # pairs: (0,3)A-(1,1)B nested, (0,3)A-(2,4)A crossing same type, (6,6)A-(6,6)B same span; (1,1)-(2,4) apart
     docs = [Document("d", [Sentence([f"w{i}" for i in range(8)], ents), Sentence(["x"], [Entity(0, 0, "A")])])]
-    assert lai_inspect.overlap_stats(docs) == {"overlapping_pairs": 3, "overlapping_same_type": 1}
+    assert lai_stats.overlap_stats(docs) == {"overlapping_pairs": 3, "overlapping_same_type": 1}
     # the bundled SciERC test split has 20 overlapping gold pairs (3 of the same type)
     from lai_jax.data.labels import load_labels
     from lai_jax.data.readers import read_documents
     data = REPO / "data" / "scierc"
     scierc = read_documents(data / "test.json", load_labels(data / "labels.json"))
-    assert lai_inspect.overlap_stats(scierc) == {"overlapping_pairs": 20, "overlapping_same_type": 3}
+    assert lai_stats.overlap_stats(scierc) == {"overlapping_pairs": 20, "overlapping_same_type": 3}
 
 
 def test_cli_json_end_to_end():
@@ -216,10 +216,10 @@ def test_paper_encoder_offline_falls_back_to_the_packaged_tokenizer(monkeypatch,
     scierc = load_config_file(str(REPO / "configs" / "scierc.py"))
     assert scierc.encoder == "allenai/scibert_scivocab_uncased"
     monkeypatch.setattr(__import__("logging").getLogger("lai_jax"), "propagate", True)  # cli.setup_logging stops it
-    lai_inspect._tokenizer.cache_clear()
+    lai_stats._tokenizer.cache_clear()
     with caplog.at_level("WARNING", logger="lai_jax"):
-        featurizer, _ = lai_inspect.make_featurizer(scierc)
-    lai_inspect._tokenizer.cache_clear()
+        featurizer, _ = lai_stats.make_featurizer(scierc)
+    lai_stats._tokenizer.cache_clear()
     assert "packaged MiniLM-L6 tokenizer" in caplog.text and "allenai/scibert_scivocab_uncased" in caplog.text
     assert featurizer.tok.get_vocab() == load_tokenizer("default").get_vocab()
 
@@ -229,6 +229,6 @@ def test_bundled_datasets_fill_85_percent_of_candidate_slots(dataset):
     """With the default 3 batch shapes at least 85% of the NER candidate slots are real (one 220-slot shape: 56-63%)."""
     config = load_config_file(str(REPO / "configs" / f"{dataset}.py"))
     config.encoder = "default"  # the packaged tokenizer (offline); the paper's own vocabularies split alike
-    train = lai_inspect.split_stats(config, ["train"])["train"]
+    train = lai_stats.split_stats(config, ["train"])["train"]
     assert train["filled_pct"] >= 85.0, train["buckets"]
     assert [b["shape"][0] for b in train["buckets"]][-1] == 220 and len(train["buckets"]) <= 3

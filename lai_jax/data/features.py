@@ -398,37 +398,6 @@ class Featurizer:
             return wins, {(x, y): 0 for x in spans for y in spans if x != y}, {x: 0 for x in spans}
         return pair_windows([len(w) for w in pieces[s]], spans, self.cfg.max_text_len)
 
-    def relation_stats(self, docs: Sequence[Document]) -> dict:
-        """What RE training on the gold entities of `docs` can see of their gold relations (`inspect --stats`).
-
-        relations: gold relations; unreachable: those whose entities no window of max_text_len holds together
-        (or that join a span which is not a gold entity); unrepresented: those no slot label carries (a third
-        relation on one entity pair, see `pair_labels`); multi_pairs: entity pairs with two or more gold
-        relations (the ``both`` and ``sum`` decoding rules output at most one per pair); windowed: sentences
-        with entities cut into several windows.
-        """
-        st = dict(relations=0, unreachable=0, unrepresented=0, multi_pairs=0, windowed=0)
-        for doc in docs:
-            pieces = self.word_pieces(doc)
-            for s, sent in enumerate(doc.sentences):
-                spans = sorted({(e.start, e.end) for e in sent.entities})
-                st["relations"] += len(sent.relations)
-                if not spans:
-                    st["unreachable"] += len(sent.relations)
-                    continue
-                st["windowed"] += len(self.windows(pieces, s)) > 1
-                assign = self._re_plan(pieces, s, spans)[1]
-                st["unreachable"] += sum((tuple(r.head), tuple(r.tail)) not in assign for r in sent.relations)
-                st["unrepresented"] += len(pair_labels(self.rel_space, sent.relations)[1])
-                pairs: dict[tuple[Span, Span], set] = {}
-                for r in sent.relations:
-                    head, tail = tuple(r.head), tuple(r.tail)
-                    if self.rel_space.is_symmetric(r.type) and tail < head:
-                        head, tail = tail, head
-                    pairs.setdefault((min(head, tail), max(head, tail)), set()).add((head, tail, r.type))
-                st["multi_pairs"] += sum(len(v) > 1 for v in pairs.values())
-        return st
-
     def _re_instance(self, sp: SentencePieces, subj: Span, objs: Sequence[Span], gold: dict, d: int, s: int
                      ) -> Instance:
         c = self.cfg

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from lai_jax.data.documents import DataError, Document, Entity, Relation, Sentence
 from lai_jax.data.labels import LabelSet
