@@ -35,7 +35,7 @@ from ml_collections import config_flags
 from lai_jax import train
 from lai_jax.data import features, masks
 from lai_jax.data.labels import LabelSet, load_labels
-from lai_jax.encoder import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
+from lai_jax.pretrained import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
 
 SPLITS = ("train", "dev", "test")
 

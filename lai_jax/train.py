@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lai_jax import checkpoints, decoding, encoder as encoder_lib, input_pipeline, metrics as metrics_lib
+from lai_jax import checkpoints, decoding, input_pipeline, metrics as metrics_lib, pretrained as encoder_lib
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import LabelSet, load_labels

@@ -6,7 +6,7 @@ from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels
 from lai_jax.data.readers import read_documents
-from lai_jax.encoder import default_encoder_path, load_tokenizer
+from lai_jax.pretrained import default_encoder_path, load_tokenizer
 from lai_jax.train import DATA_ROOT
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from lai_jax import encoder as encoder_lib, input_pipeline as ip, train
+from lai_jax import input_pipeline as ip, train
 from lai_jax.data import features, masks
 from lai_jax.data.labels import load_labels
 
