@@ -163,9 +163,9 @@ def _platform() -> str:
     backend = jax.default_backend()
     if backend != "gpu":
         return backend
-    import jax.extend.backend
+    from jax.extend import backend as jax_backend
 
-    return "rocm" if "rocm" in jax.extend.backend.get_backend().platform_version.lower() else "cuda"
+    return "rocm" if "rocm" in jax_backend.get_backend().platform_version.lower() else "cuda"
 
 
 @functools.lru_cache(maxsize=None)
