@@ -356,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for item in args.jax_config:
         key, _, value = item.partition("=")
         jax.config.update(key, {"true": True, "false": False}.get(value.lower(), value))
-    from lai_jax import encoder as encoder_lib
+    from lai_jax import pretrained as encoder_lib  # also re-exports encoder.BertEncoder
     from lai_jax import torch_reference as tr
     from lai_jax import train
     from lai_jax.data import masks

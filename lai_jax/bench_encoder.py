@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from lai_jax import encoder
+    from lai_jax import pretrained as encoder
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     path = encoder.resolve_encoder_path(args.model)

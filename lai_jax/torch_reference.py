@@ -278,7 +278,8 @@ def _dense(linear: nn.Linear, p: Mapping[str, Any]) -> None:
 
 def _copy_encoder(bert: nn.Module, params: Mapping[str, Any]) -> None:
     """lai-jax encoder params -> the BertModel, through the importer's own name table (inverse of it)."""
-    from lai_jax.encoder import BertConfig, _hf_names  # the importer's table is the one source of names
+    from lai_jax.encoder import BertConfig
+    from lai_jax.hf_import import _hf_names  # the importer's table is the one source of names
 
     cfg = bert.config
     jcfg = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,

@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny random BERT in Hugging Face layout and tiny-shape configs."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,17 +11,42 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # configs/ are loaded by path, but tests import them as modules too
 
 
+def init_bert_params(config, seed: int = 0) -> dict:
+    """`BertEncoder(config)` params drawn with jax.random as HF BERT initialises them.
+
+    normal(0, 0.02) kernels and embeddings, zero biases, unit LayerNorm scales (`BertPreTrainedModel._init_weights`,
+    its zeroed padding row aside), so fixtures built on it behave like a freshly initialised Hugging Face model.
+    """
+    import jax
+    import numpy as np
+    from lai_jax.encoder import BertEncoder
+    ids = np.zeros((1, 8), np.int32)
+    shapes = jax.eval_shape(BertEncoder(config).init, jax.random.PRNGKey(0), ids, ids, ids, ids > -1)["params"]
+    paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(paths))
+
+    def draw(path, leaf, key):
+        name = path[-1].key
+        if name in ("kernel", "embedding"):
+            return np.asarray(0.02 * jax.random.normal(key, leaf.shape, np.float32))
+        return np.full(leaf.shape, 1.0 if name == "scale" else 0.0, np.float32)
+
+    return jax.tree_util.tree_unflatten(treedef, [draw(p, leaf, k) for (p, leaf), k in zip(paths, keys)])
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> Path:
-    """A random BertModel saved as safetensors, with the packaged model's uncased vocabulary."""
-    import torch
-    import transformers
-    from lai_jax.encoder import default_encoder_path
-    torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
-                                  num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512)
-    transformers.BertModel(cfg).save_pretrained(str(path), safe_serialization=True)
+    """A random BERT (jax-initialised, no torch) saved as a HF folder, with the packaged model's uncased vocabulary."""
+    from lai_jax.encoder import BertConfig
+    from lai_jax.hf_import import save_pretrained
+    from lai_jax.pretrained import default_encoder_path
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=2 * hidden, max_position_embeddings=512)
+    save_pretrained(init_bert_params(config, seed), config, path)
     src = Path(default_encoder_path())
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in TOKENIZER_FILES:
         if (src / name).exists():
             shutil.copy(src / name, path / name)
     return path

@@ -10,7 +10,7 @@ import numpy as np
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from tests.conftest import tiny_config  # noqa: E402
 
-from lai_jax.data import features  # noqa: E402
+
 from lai_jax.parallel import Runner  # noqa: E402
 from lai_jax.steps import bind_steps  # noqa: E402
 from lai_jax import build as build_lib

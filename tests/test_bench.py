@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lai_jax import bench, encoder
+from lai_jax import bench, pretrained
 from lai_jax import torch_reference as tr
 from lai_jax.data import features
 from lai_jax.models import ner_loss
@@ -45,7 +45,7 @@ def pair():
     params["encoder"] = jax.tree.map(np.array, setup.encoder_params)
     query = params["encoder"]["layer_0"]["query"]
     query["kernel"] = query["kernel"] + rng.normal(0.0, 0.02, query["kernel"].shape).astype(np.float32)
-    tmodel = tr.TorchLAINet.from_pretrained(encoder.default_encoder_path(), setup.head, num_hidden_layers=LAYERS)
+    tmodel = tr.TorchLAINet.from_pretrained(pretrained.default_encoder_path(), setup.head, num_hidden_layers=LAYERS)
     tr.copy_flax_params(tmodel, params)
     return setup, batch, params, tmodel.eval()
 

@@ -44,11 +44,11 @@ def test_quick_and_conll04_keep_their_one_device_batches():
 def test_paper_encoder_fails_offline_with_one_clear_message(monkeypatch, tmp_path):
     """Without the named model locally, building the paper config says how to pass a folder or the packaged one."""
     import huggingface_hub.constants as hub_constants
-    from lai_jax import encoder, train
+    from lai_jax import pretrained
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     c = importlib.import_module("configs.scierc").get_config("ner")
-    with pytest.raises(encoder.EncoderNotFoundError) as err:
+    with pytest.raises(pretrained.EncoderNotFoundError) as err:
         build_lib.build(c)
     msg = str(err.value)
     assert "allenai/scibert_scivocab_uncased" in msg and "--config.encoder=/path/to/hf_dir" in msg

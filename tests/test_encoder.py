@@ -1,4 +1,7 @@
-"""Flax BERT encoder: parity with transformers.BertModel, masks, bf16, remat, weight import."""
+"""Flax BERT encoder: parity with transformers.BertModel, masks, bf16, remat, attention choice, weight import.
+
+Tests that compare against `transformers.BertModel` need torch and are skipped without it; the rest run torch-free.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +9,37 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 from safetensors.numpy import save_file
 
-from lai_jax import bench_encoder, encoder
-from lai_jax.encoder import BertConfig, BertEncoder, WeightImportError
+from lai_jax import encoder, hf_import, pretrained
+from lai_jax.encoder import BertConfig, BertEncoder
+from lai_jax.hf_import import WeightImportError
+from tests.conftest import init_bert_params
 
 NEG = np.finfo(np.float32).min
 
 
 @pytest.fixture(scope="module")
 def packaged():
-    """(module, params, tokenizer, HF torch reference) for the packaged MiniLM, loaded once."""
-    model, params, tok = encoder.load()
-    ref = transformers.BertModel.from_pretrained(
-        encoder.default_encoder_path(), attn_implementation="eager", add_pooling_layer=False
+    """(module, params, tokenizer) for the packaged MiniLM, loaded once."""
+    return pretrained.load()
+
+
+@pytest.fixture(scope="module")
+def hf_packaged():
+    """The packaged MiniLM as a `transformers.BertModel` (torch) reference."""
+    pytest.importorskip("torch")
+    import transformers
+
+    return transformers.BertModel.from_pretrained(
+        pretrained.default_encoder_path(), attn_implementation="eager", add_pooling_layer=False
     ).eval()
-    return model, params, tok, ref
 
 
 def _truncated(model: BertEncoder, params: dict, layers: int, **overrides):
@@ -55,6 +66,8 @@ def _random_3d_mask(rng, batch: int, seq: int) -> np.ndarray:
 
 
 def _hf(ref, ids, pos, types, attention_mask) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         out = ref(
             input_ids=torch.as_tensor(ids, dtype=torch.long),
@@ -65,8 +78,8 @@ def _hf(ref, ids, pos, types, attention_mask) -> np.ndarray:
     return out.last_hidden_state.numpy()
 
 
-def test_parity_3d_mask(packaged):
-    model, params, _, ref = packaged
+def test_parity_3d_mask(packaged, hf_packaged):
+    (model, params, _), ref = packaged, hf_packaged
     ids, pos, types, rng = _inputs(2, 64, model.config.vocab_size)
     mask = _random_3d_mask(rng, 2, 64)
     ours = np.asarray(jax.jit(model.apply)({"params": params}, ids, pos, types, mask))
@@ -76,8 +89,8 @@ def test_parity_3d_mask(packaged):
     assert np.abs(ours - want).max() <= 1e-4
 
 
-def test_parity_2d_padding_mask(packaged):
-    model, params, _, ref = packaged
+def test_parity_2d_padding_mask(packaged, hf_packaged):
+    (model, params, _), ref = packaged, hf_packaged
     ids, pos, types, _ = _inputs(2, 64, model.config.vocab_size, seed=1)
     lengths = np.array([64, 7])
     mask = np.arange(64)[None, :] < lengths[:, None]
@@ -89,7 +102,7 @@ def test_parity_2d_padding_mask(packaged):
 
 
 def test_bfloat16_close_to_float32(packaged):
-    model, params, _, _ = packaged
+    model, params, _ = packaged
     ids, pos, types, rng = _inputs(2, 64, model.config.vocab_size, seed=3)
     mask = _random_3d_mask(rng, 2, 64)
     f32 = np.asarray(jax.jit(model.apply)({"params": params}, ids, pos, types, mask))
@@ -105,7 +118,7 @@ def test_bfloat16_close_to_float32(packaged):
 
 
 def test_params_tree_matches_module(packaged):
-    model, params, _, _ = packaged
+    model, params, _ = packaged
     ids = np.zeros((1, 8), np.int32)
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids, ids, ids, ids > -1)["params"]
     got = jax.tree.map(lambda x: (x.shape, x.dtype), params)
@@ -175,30 +188,129 @@ def test_dropout_path_runs_and_is_stochastic(packaged):
     assert not np.allclose(a, b)
 
 
+# ----------------------------------------------------------------------------- attention implementation
+
+
+@pytest.mark.parametrize("backend, dtype, rate, head_dim, seq_len, want", [
+    ("cuda", jnp.bfloat16, 0.0, 32, 64, ("cudnn", "")),
+    ("gpu", jnp.bfloat16, 0.0, 64, 608, ("cudnn", "")),
+    ("cpu", jnp.bfloat16, 0.0, 32, 64, ("xla", "backend cpu")),
+    ("tpu", jnp.bfloat16, 0.0, 32, 64, ("xla", "backend tpu")),
+    ("rocm", jnp.bfloat16, 0.0, 32, 64, ("xla", "backend rocm")),
+    ("cuda", jnp.float32, 0.0, 32, 64, ("xla", "dtype float32")),
+    ("cuda", jnp.float16, 0.0, 32, 64, ("xla", "dtype float16")),
+    ("cuda", jnp.bfloat16, 0.1, 32, 64, ("xla", "attention dropout 0.1")),
+    ("cuda", jnp.bfloat16, 0.0, 12, 64, ("xla", "head dim 12 (cuDNN: a multiple of 8, at most 128)")),
+    ("cuda", jnp.bfloat16, 0.0, 256, 64, ("xla", "head dim 256 (cuDNN: a multiple of 8, at most 128)")),
+    ("cuda", jnp.bfloat16, 0.0, 32, 63, ("xla", "odd sequence length 63")),
+])
+def test_attention_implementation(backend, dtype, rate, head_dim, seq_len, want):
+    assert encoder.attention_implementation(backend, dtype, rate, head_dim, seq_len) == want
+
+
+def test_xla_reason_logged_once(packaged, caplog, monkeypatch):
+    """On CPU every layer and every trace takes XLA; the reason is logged once, on the "lai_jax" logger."""
+    model, params = _truncated(*packaged[:2], layers=2)
+    ids, pos, types, rng = _inputs(1, 8, model.config.vocab_size, seed=8)
+    mask = _random_3d_mask(rng, 1, 8)
+    monkeypatch.setattr(logging.getLogger("lai_jax"), "propagate", True)  # cli.setup_logging stops it
+    encoder._log_xla_reason.cache_clear()
+    with caplog.at_level(logging.INFO, logger="lai_jax"):
+        for t in (8, 6):  # two traces (shapes), two layers each
+            model.apply({"params": params}, ids[:, :t], pos[:, :t], types[:, :t], mask[:, :t, :t])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attention:")]
+    assert lines == ["attention: XLA, not the cuDNN fused kernel (backend cpu)"]
+
+
+@pytest.mark.parametrize("mask_dims", [2, 3])
+def test_cudnn_bias_masks_like_the_xla_bias(mask_dims, monkeypatch):
+    """The bias built for cuDNN ([B,1,T,T], jax's cuDNN masked value) attends like the usual one, fully masked rows too.
+
+    Run through XLA (no GPU here): the kernel's maths is the same softmax(QK^T/sqrt(H) + bias) V.
+    """
+    monkeypatch.setattr(encoder, "_platform", lambda: "cuda")
+    cfg = BertConfig(hidden_size=32, num_attention_heads=2, dtype=jnp.bfloat16)
+    rng = np.random.default_rng(9)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 10, 2, 16)), jnp.bfloat16) for _ in range(3))
+    mask = rng.random((2, 10, 10)) < 0.5 if mask_dims == 3 else np.arange(10)[None] < np.array([[10], [4]])
+    if mask_dims == 3:
+        mask[0, 4] = False  # a row that sees nothing
+    implementation, bias = encoder._attention_bias(cfg, mask, True, 10)
+    assert implementation == "cudnn" and bias.shape == (2, 1, 10, 10) and bias.dtype == jnp.bfloat16
+    got = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
+    want = jax.nn.dot_product_attention(q, k, v, bias=encoder.mask_to_bias(mask, jnp.bfloat16), implementation="xla")
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=1e-2)
+
+
+def test_cudnn_path_meets_the_kernel_contract(monkeypatch):
+    """Traces forward + backward of a bf16 encoder down the cuDNN path with jax's own cuDNN checks.
+
+    Without a GPU the kernel cannot run, but jax validates shapes, dtypes, bias layout and the flash-attention
+    constraints while tracing; only its cuDNN-version probe needs a GPU, so that one is stubbed (private API).
+    """
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    if not hasattr(fused, "check_cudnn_version"):
+        pytest.skip("jax's cuDNN attention internals changed")
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(encoder, "_platform", lambda: "cuda")
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=40, dtype=jnp.bfloat16)
+    model = BertEncoder(cfg)
+    params = init_bert_params(cfg)
+    ids = np.ones((2, 16), np.int32)
+    seen = []
+    monkeypatch.setattr(jax.nn, "dot_product_attention", _spy(jax.nn.dot_product_attention, seen))
+    for mask in (ids > 0, np.ones((2, 16, 16), bool)):
+        def loss(p):
+            return model.apply({"params": p}, ids, ids, ids * 0, mask).astype(jnp.float32).sum()
+
+        out = jax.eval_shape(jax.value_and_grad(loss), params)
+        assert out[0].shape == ()
+    assert seen == ["cudnn", "cudnn"]
+
+
+def _spy(fn, seen: list):
+    def wrapped(*args, implementation=None, **kwargs):
+        seen.append(implementation)
+        return fn(*args, implementation=implementation, **kwargs)
+
+    return wrapped
+
+
 # ----------------------------------------------------------------------------- weight import
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=48, max_position_embeddings=40, type_vocab_size=2)
 
 
-def _tiny_hf(tmp_path, cls=transformers.BertModel):
-    """Saves a tiny random HF BERT's config.json; returns (dir, torch model, numpy state dict)."""
+def _distinct_params(config: BertConfig, seed: int) -> dict:
+    """jax-initialised params with every leaf (biases, LayerNorms too) made distinct, so a swapped name shows."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: x + rng.normal(0, 0.05, x.shape).astype(np.float32), init_bert_params(config, seed))
+
+
+def _tiny_hf_torch(tmp_path, cls_name: str = "BertModel"):
+    """Saves a tiny random torch HF BERT's config.json; returns (dir, torch model)."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
     torch.manual_seed(0)
     hf_cfg = transformers.BertConfig(**TINY)
-    model = cls(hf_cfg).eval()
+    model = getattr(transformers, cls_name)(hf_cfg).eval()
     (tmp_path / "config.json").write_text(json.dumps(hf_cfg.to_dict()))
-    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    return tmp_path, model, state
+    return tmp_path, model
 
 
 def test_weight_import_names_missing_and_misshaped(tmp_path):
-    path, _, state = _tiny_hf(tmp_path)
+    config = BertConfig(**TINY)
+    state = hf_import.state_dict_from_params(init_bert_params(config), config)
+    (tmp_path / "config.json").write_text(json.dumps(hf_import.hf_config_dict(config)))
     del state["encoder.layer.1.attention.self.key.bias"]
     state["encoder.layer.0.intermediate.dense.weight"] = np.zeros((48, 31), np.float32)
     state["encoder.layer.0.extra.weight"] = np.zeros((3,), np.float32)
-    save_file(state, str(path / "model.safetensors"))
+    save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightImportError) as info:
-        encoder.load_params(str(path), encoder.read_config(str(path)))
+        hf_import.load_params(str(tmp_path), hf_import.read_config(str(tmp_path)))
     msg = str(info.value)
     assert "missing encoder.layer.1.attention.self.key.bias: expected shape (32,)" in msg
     assert "encoder.layer.0.intermediate.dense.weight: expected (48, 32), found (48, 31)" in msg
@@ -207,11 +319,13 @@ def test_weight_import_names_missing_and_misshaped(tmp_path):
 
 def test_prefixed_pytorch_bin_with_heads_loads(tmp_path, caplog):
     """`bert.`-prefixed pytorch_model.bin with MLM/NSP heads: heads ignored (logged once), parity holds."""
-    path, pretraining, _ = _tiny_hf(tmp_path, transformers.BertForPreTraining)
+    path, pretraining = _tiny_hf_torch(tmp_path, "BertForPreTraining")
+    import torch
+
     torch.save(pretraining.state_dict(), path / "pytorch_model.bin")
-    config = encoder.read_config(str(path))
-    with caplog.at_level(logging.INFO, logger="lai_jax.encoder"):
-        params = encoder.load_params(str(path), config)
+    config = hf_import.read_config(str(path))
+    with caplog.at_level(logging.INFO, logger="lai_jax.hf_import"):
+        params = hf_import.load_params(str(path), config)
     logged = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert len(logged) == 1 and "cls" in logged[0] and "pooler" in logged[0]
 
@@ -220,6 +334,43 @@ def test_prefixed_pytorch_bin_with_heads_loads(tmp_path, caplog):
     ours = np.asarray(BertEncoder(config).apply({"params": params}, ids, pos, types, mask))
     ref = pretraining.bert
     ref.config._attn_implementation = "eager"
+    want = _hf(ref, ids, pos, types, np.where(mask, 0.0, NEG).astype(np.float32)[:, None])
+    assert np.abs(ours - want).max() <= 1e-5
+
+
+def test_pytorch_bin_without_torch_names_the_file(tmp_path, monkeypatch):
+    config = BertConfig(**TINY)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(WeightImportError, match=r"pytorch_model\.bin is a PyTorch checkpoint and torch is not"):
+        hf_import.load_params(str(tmp_path), config)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    """jax-initialised params -> save_pretrained -> read_config / load_params: the same config, identical arrays."""
+    config = BertConfig(**TINY, hidden_act="gelu_new", layer_norm_eps=1e-7)
+    params = _distinct_params(config, seed=1)
+    hf_import.save_pretrained(params, config, tmp_path / "out")
+    loaded_config = hf_import.read_config(str(tmp_path / "out"))
+    assert loaded_config == config
+    loaded = hf_import.load_params(str(tmp_path / "out"), loaded_config)
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_saved_folder_loads_in_transformers(tmp_path):
+    """What save_pretrained writes is a HF folder: transformers.BertModel on it equals the lai-jax encoder."""
+    pytest.importorskip("torch")
+    import transformers
+
+    config = BertConfig(**TINY)
+    params = _distinct_params(config, seed=2)
+    path = hf_import.save_pretrained(params, config, tmp_path)
+    ref = transformers.BertModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False).eval()
+    ids, pos, types, rng = _inputs(2, 24, TINY["vocab_size"], seed=6)
+    mask = _random_3d_mask(rng, 2, 24)
+    ours = np.asarray(BertEncoder(config).apply({"params": params}, ids, pos, types, mask))
     want = _hf(ref, ids, pos, types, np.where(mask, 0.0, NEG).astype(np.float32)[:, None])
     assert np.abs(ours - want).max() <= 1e-5
 
@@ -235,31 +386,36 @@ def test_from_hf_dict():
 
 
 def test_resolve_encoder_path(tmp_path, monkeypatch):
-    default = encoder.default_encoder_path()
+    default = pretrained.default_encoder_path()
     assert os.path.isfile(os.path.join(default, "config.json"))
-    assert encoder.resolve_encoder_path(None) == default
-    assert encoder.resolve_encoder_path("default") == default
-    assert encoder.resolve_encoder_path(str(tmp_path)) == str(tmp_path)
+    assert pretrained.resolve_encoder_path(None) == default
+    assert pretrained.resolve_encoder_path("default") == default
+    assert pretrained.resolve_encoder_path(str(tmp_path)) == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a model directory"):
-        encoder.resolve_encoder_path(str(tmp_path / "nope"))
+        pretrained.resolve_encoder_path(str(tmp_path / "nope"))
     # huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE at import, so patch its constants.
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(encoder.EncoderNotFoundError,
+    with pytest.raises(pretrained.EncoderNotFoundError,
                        match="no-such-org/no-such-bert.*local directory.*--config.encoder=/path/to/hf_dir.*"
                              "--config.encoder=default"):
-        encoder.resolve_encoder_path("no-such-org/no-such-bert")
+        pretrained.resolve_encoder_path("no-such-org/no-such-bert")
 
 
 def test_tokenizer_is_fast(packaged):
+    import transformers
+
     tok = packaged[2]
     assert isinstance(tok, transformers.PreTrainedTokenizerFast)
     assert tok.convert_tokens_to_ids("[unused0]") != tok.unk_token_id
 
 
 def test_bench_smoke(capsys):
+    pytest.importorskip("torch")
+    from lai_jax import bench_encoder
+
     result = bench_encoder.main(["--smoke"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line) == result

@@ -7,7 +7,7 @@ from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels, pair_labels
 from lai_jax.stats import relation_stats
 from lai_jax.data.readers import read_documents
-from lai_jax.encoder import default_encoder_path, load_tokenizer
+from lai_jax.pretrained import default_encoder_path, load_tokenizer
 from lai_jax.input_pipeline import DATA_ROOT
 from lai_jax import input_pipeline
 

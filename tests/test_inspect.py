@@ -210,7 +210,7 @@ def test_cli_json_end_to_end():
 def test_paper_encoder_offline_falls_back_to_the_packaged_tokenizer(monkeypatch, tmp_path, caplog):
     """configs/scierc.py names SciBERT; offline, inspect still works, with the packaged tokenizer and a warning."""
     import huggingface_hub.constants as hub_constants
-    from lai_jax.encoder import load_tokenizer
+    from lai_jax.pretrained import load_tokenizer
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     scierc = load_config_file(str(REPO / "configs" / "scierc.py"))

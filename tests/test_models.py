@@ -1,12 +1,11 @@
 """LAI-Net heads on a tiny random BERT: padding invariance, loss masking, ablation switches."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lai_jax import encoder as encoder_lib
+from lai_jax import pretrained
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels
@@ -21,7 +20,7 @@ KEPT = HeadConfig("ner", 2, span_loss_norm="kept")
 
 @pytest.fixture(scope="module")
 def env(tiny_bert):
-    enc, params, tok = encoder_lib.load(tiny_bert)
+    enc, params, tok = pretrained.load(tiny_bert)
     labels = load_labels(DATA_ROOT / "conll04" / "labels.json")
     return enc.config, params, tok, labels
 

