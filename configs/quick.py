@@ -22,6 +22,9 @@ def get_config(phase: str = "ner"):
     c.max_span_len = 4  # 97% of CoNLL04 entities are <= 4 words
     c.max_candidates = 64
     c.max_objects = 8
+    # One static shape: at these small shapes (K=64, T=184) three slot buckets saved no time, and over two seeds
+    # dev NER F1 was 58.8 / 65.1 with them against 65.4 / 60.5 without (seed noise of the small job).
+    c.num_buckets = 1
     c.model.gcn_layers = 1
     c.batch_size = 8 if phase == "ner" else 16
     c.per_device_eval_batch_size = 32
