@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lai_jax import checkpoints, decoding, encoder as encoder_lib, input_pipeline, metrics as metrics_lib
+from lai_jax import checkpoints, decoding, encoder as encoder_lib, input_pipeline, metric_writers, metrics as metrics_lib
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import LabelSet, load_labels
@@ -420,7 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
     state = runner.put_state(state)
 
-    writer = checkpoints.metric_writer(workdir_p)
+    writer = metric_writers.create_default_writer(workdir_p)
+    writer.write_hparams(config.to_dict())
     pending: list[tuple[int, Any]] = []
     host_batch = global_batch // jax.process_count()
     host_shard = slice(jax.process_index() * host_batch, (jax.process_index() + 1) * host_batch)
@@ -447,14 +448,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 bar.set_postfix(loss=f"{host['loss']:.4f}", steps_per_s=f"{rate:.2f}", epoch=epoch)
                 writer.write_scalars(step, {**host, "steps_per_s": rate})
             if step % eval_every == 0 or step == total_steps:
-                host_state = runner.get_state(state)
                 dev_pred, dev_result = evaluate_docs(runner, state, setup, docs["dev"], ents.get("dev"), "dev", buckets)
                 last_dev = (step, dev_pred, dev_result)
                 f1 = headline_f1(setup, dev_result)
                 writer.write_scalars(step, flat_metrics(dev_result, "dev"))
                 table = metrics_lib.format_table(dev_result, table_tasks(config))
                 tqdm.write(f"step {step} (epoch {epoch}) dev: " + table.replace("\n", "\n  "))
-                ckpt.save(step, host_state, f1)
+                ckpt.save(step, checkpoints.one_replica(state, runner.mode == "pmap"), f1)  # async write
                 best_f1 = max(best_f1, f1)
             if config.debug_kill_after_step and step == config.debug_kill_after_step:
                 ckpt.wait()
@@ -462,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     finally:
         bar.close()
         ckpt.wait()
-        writer.flush()
+        writer.close()
 
     # Final report: the dev-selected checkpoint on dev and test.
     best = runner.put_state(ckpt.restore_best(runner.get_state(state)))
