@@ -145,13 +145,12 @@ def one_replica(state: Any, leading_device_axis: bool) -> Any:
     """One copy of a runner's device state, to pass to `Checkpoints.save` without a blocking host copy.
 
     Replicated state (shard_map) is saved as it is: orbax writes one replica. Under pmap each leaf has a
-    leading device axis of identical copies; `x[0]` is the first device's buffer (no copy, no transfer),
-    which orbax then copies to the host with all other leaves at once. With several processes these
-    single-device arrays are not global arrays that orbax could coordinate, so pmap then falls back to a host
-    copy, which orbax writes from the primary process.
+    leading device axis of identical copies; the first local device's copy stays on that device (indexing
+    `x[0]` instead would place a copy on every device), and orbax copies it to the host together with all
+    other leaves. With several processes these single-device arrays are not global arrays that orbax could
+    coordinate, so pmap then falls back to a host copy, which orbax writes from the primary process.
     """
     if not leading_device_axis:
         return state
-    if jax.process_count() > 1:
-        return jax.tree.map(lambda x: np.asarray(x[0]), state)
-    return jax.tree.map(lambda x: x[0], state)
+    to_host = np.asarray if jax.process_count() > 1 else (lambda x: x)
+    return jax.tree.map(lambda x: to_host(x.addressable_shards[0].data[0]), state)

@@ -65,14 +65,30 @@ def test_device_arrays_may_be_donated_as_soon_as_save_returns(tmp_path):
     assert_state(ckpt.restore_latest(jax.eval_shape(lambda: state_at(0))), 3)
 
 
-def test_one_replica_of_a_pmap_state():
-    n = jax.local_device_count()
-    stacked = jax.pmap(lambda s: jax.tree.map(lambda x: x * 1, s))(
-        jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *x.shape)), state_at(5)))
-    one = checkpoints.one_replica(stacked, leading_device_axis=True)
-    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(one))
-    assert_state(one, 5)
-    assert checkpoints.one_replica(state_at(5), leading_device_axis=False)["params"]["w"].shape == (3, 4)
+ONE_REPLICA_CHECK = """
+import jax, numpy as np
+from lai_jax import checkpoints
+state = {"w": np.arange(12.0).reshape(3, 4), "step": np.asarray(7)}
+stacked = jax.pmap(lambda s: s)(jax.tree.map(lambda x: np.stack([x] * jax.local_device_count()), state))
+one = checkpoints.one_replica(stacked, leading_device_axis=True)
+for got, want in zip(jax.tree.leaves(one), jax.tree.leaves(state)):
+    assert isinstance(got, jax.Array) and len(got.sharding.device_set) == 1, got.sharding
+    np.testing.assert_array_equal(np.asarray(got), want)
+assert checkpoints.one_replica(state, leading_device_axis=False) is state
+print("ok", jax.local_device_count())
+"""
+
+
+def test_one_replica_of_a_pmap_state_is_one_device_copy():
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run([sys.executable, "-c", ONE_REPLICA_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["ok", "4"], out.stderr[-3000:]
 
 
 def test_old_latest_and_best_layout_restores_best_but_does_not_resume(tmp_path):
