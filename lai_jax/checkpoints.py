@@ -92,16 +92,18 @@ class Checkpoints:
         self._metrics[step] = float(dev_f1)
         self._latest.save(step, args=ocp.args.StandardSave(state), metrics={METRIC: float(dev_f1)})
 
+    def _managers(self) -> tuple[ocp.CheckpointManager, ...]:
+        return (self._latest,) if self._latest is self._best else (self._latest, self._best)
+
     def wait(self) -> None:
         """Block until every started save is on disk (and superseded steps are deleted)."""
-        for manager in {id(m): m for m in (self._latest, self._best)}.values():
+        for manager in self._managers():
             manager.wait_until_finished()
 
     def close(self) -> None:
         """Wait for pending saves and release orbax's background resources."""
-        self.wait()
-        for manager in {id(m): m for m in (self._latest, self._best)}.values():
-            manager.close()
+        for manager in self._managers():
+            manager.close()  # waits for its pending saves first
 
     def latest_step(self) -> Optional[int]:
         return self._latest.latest_step()

@@ -38,6 +38,7 @@ def test_latest_and_best_share_one_write_and_best_survives_worse_evaluations(tmp
     assert ckpt.best_metric() == pytest.approx(0.9)
     assert_state(ckpt.restore_latest(state_at(0)), 12)
     assert_state(ckpt.restore_best(state_at(0)), 12)
+    ckpt.close()
 
 
 def test_restore_best_after_a_later_worse_evaluation(tmp_path):
