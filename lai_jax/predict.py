@@ -106,8 +106,9 @@ def check_workdir(workdir: str, phase: str):
         flag = "--ner" if phase == "ner" else "--re"
         raise PredictError(f"{flag}={workdir} is an {config.phase.upper()} run (config.json phase "
                            f"{config.phase!r}); {flag} needs an {phase.upper()} workdir")
-    if not (Path(workdir) / "checkpoints" / "best").is_dir():
-        raise PredictError(f"{workdir} has no checkpoints/best: has the {phase.upper()} run saved a checkpoint?")
+    from lai_jax.checkpoints import has_checkpoint
+    if not has_checkpoint(Path(workdir) / "checkpoints"):
+        raise PredictError(f"{workdir} has no checkpoint: has the {phase.upper()} run saved one?")
     return config
 
 

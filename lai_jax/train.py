@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from lai_jax import checkpoints, evaluate, evaluation, input_pipeline, metrics as metrics_lib, predictions
+from lai_jax import checkpoints, evaluate, evaluation, input_pipeline, metric_writers, metrics as metrics_lib, predictions
 from lai_jax.build import build, init_state
 from lai_jax.parallel import Runner
 from lai_jax.steps import bind_steps
@@ -146,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      like=train_inst[0])
         return runner.put_batch(input_pipeline.cut(batch, shapes[b]))
 
-    writer = checkpoints.metric_writer(workdir_p)
+    writer = metric_writers.create_default_writer(workdir_p)
+    writer.write_hparams(config.to_dict())
     pending: list[tuple[int, Any]] = []
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
     plain_log = bar.disable and writer_process  # no terminal (SLURM, CI): plain progress lines instead of the bar
@@ -170,7 +171,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log.info("train %s step %d/%d epoch %d loss %.4f %.2f steps/s ETA %s", config.phase, step,
                              total_steps, epoch, host["loss"], rate, format_eta((total_steps - step) / rate))
             if step % eval_every == 0 or step == total_steps:
-                host_state = runner.get_state(state)
                 dev_pred, dev_result = evaluation.evaluate_documents(runner, state, setup, docs["dev"], ents.get("dev"),
                                                                     "dev", eval_inst["dev"])
                 last_dev = (step, dev_pred, dev_result)
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 table = metrics_lib.format_table(dev_result, evaluation.table_tasks(config))
                 if writer_process:
                     tqdm.write(f"step {step} (epoch {epoch}) dev: " + table.replace("\n", "\n  "))
-                ckpt.save(step, host_state, f1)
+                ckpt.save(step, checkpoints.one_replica(state, runner.mode == "pmap"), f1)  # async write
                 best_f1 = max(best_f1, f1)
             if config.debug_kill_after_step and step == config.debug_kill_after_step:
                 ckpt.wait()
@@ -188,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batches.close()
         bar.close()
         ckpt.wait()
-        writer.flush()
+        writer.close()
 
     # Final report: the dev-selected checkpoint on dev and test.
     best = runner.put_state(ckpt.restore_best(runner.get_state(state)))

@@ -110,11 +110,10 @@ def test_one_compile_per_phase_with_short_last_batch(tiny_bert, tmp_path):
 
 
 def _final_params(workdir: Path):
-    import orbax.checkpoint as ocp
-    mngr = ocp.CheckpointManager(workdir.absolute() / "checkpoints" / "latest")
-    step = mngr.latest_step()
-    state = mngr.restore(step, args=ocp.args.StandardRestore())
-    return step, state["params"], state["opt_state"]
+    from lai_jax.checkpoints import Checkpoints
+    ckpt = Checkpoints(workdir / "checkpoints")
+    state = ckpt.restore_latest(None)
+    return ckpt.latest_step(), state["params"], state["opt_state"]
 
 
 def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
