@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lai_jax import bench, encoder
-from lai_jax import torch_reference as tr
+from benchmarks import step as bench
+from benchmarks import torch_reference as tr
+from benchmarks.workload import REPO, load_batch, make_setup
+from lai_jax import encoder
 from lai_jax.data import features
 from lai_jax.models import ner_loss
 
@@ -23,9 +25,9 @@ LAYERS = 2  # the packaged encoder's first layers: real weight scales, quick com
 def pair():
     """(setup, batch, flax params, torch model with those params) on tiny SciERC shapes."""
     # Two G4CN blocks (SciERC's NER config has one), so the wiring between blocks is compared too.
-    config, setup = bench.make_setup("default", max_text_len=24, max_candidates=12, layers=LAYERS,
-                                     overrides=("model.gcn_layers=2",))
-    _, instances = bench.load_batch(config, setup, 1)
+    config, setup = make_setup("default", max_text_len=24, max_candidates=12, layers=LAYERS,
+                               overrides=("model.gcn_layers=2",))
+    _, instances = load_batch(config, setup, 1)
     # Two real instances with entities among their K slots, and a zero-weight all-PAD padding row (fully
     # padded mask rows, no candidates).
     chosen = [i for i in instances if (i.arrays["labels"] > 0).any()][:2]
@@ -124,8 +126,8 @@ def test_kl_matrix_port_matches():
 
 
 def test_bench_smoke():
-    proc = subprocess.run([sys.executable, "-m", "lai_jax.bench", "--smoke"], capture_output=True, text=True,
-                          timeout=600, cwd=bench.REPO)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--smoke"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     assert len(lines) == 1, proc.stdout

@@ -15,7 +15,8 @@ import torch
 import transformers
 from safetensors.numpy import save_file
 
-from lai_jax import bench_encoder, encoder
+from benchmarks import encoder as bench_encoder
+from lai_jax import encoder
 from lai_jax.encoder import BertConfig, BertEncoder, WeightImportError
 
 NEG = np.finfo(np.float32).min
