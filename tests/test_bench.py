@@ -140,3 +140,22 @@ def test_bench_smoke():
     assert r["jax_compiled_temp_mb"] is None or r["jax_compiled_temp_mb"] > 0
     assert r["mfu"] is None  # CPU
     assert r["threads"] >= 1 and r["device"].startswith("cpu")
+
+
+def test_epoch_bench_smoke(capsys):
+    """One tiny epoch on both frameworks: every batch hits a precompiled bucket, both sides train on all instances."""
+    from benchmarks import epoch
+
+    r = epoch.main(["--smoke"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == r
+    assert r["instances"] == epoch.SMOKE["limit"] and r["batch"] == epoch.SMOKE["batch"]
+    assert len(r["buckets"]) >= 2 and r["buckets"][-1] == r["T"] and len(r["compile_s_per_bucket"]) >= 2
+    assert sum(r["batches_per_bucket"]) == r["batches"] >= r["instances"] / r["batch"]
+    assert r["jax_recompiles"] == 0
+    for k in ("jax_instances_per_s", "torch_instances_per_s", "ratio", "compile_s"):
+        assert isinstance(r[k], float) and r[k] > 0, k
+    assert abs(r["ratio"] - r["jax_instances_per_s"] / r["torch_instances_per_s"]) < 0.01 * r["ratio"] + 1e-3
+    # Dynamic padding computes no more padding than buckets do (it cuts every batch to its own longest row).
+    assert 0 < r["jax_token_fraction"] <= r["torch_token_fraction"] <= 1
+    # Same data and initial weights: the losses agree roughly (different dropout streams).
+    assert abs(r["jax_mean_loss"] - r["torch_mean_loss"]) < 0.25 * r["torch_mean_loss"]
