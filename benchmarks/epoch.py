@@ -20,7 +20,8 @@ One process, both frameworks, same weights, same threads, same batches in the sa
 Epoch times include building each host batch (stack + cut, plus the numpy -> torch copy on the torch side).
 JAX dispatches asynchronously, as in training; the epoch ends when its last state is ready. Reported:
 instances/s for both (real instances, padding rows not counted), ``ratio`` = lai-jax / torch instances/s (>1:
-lai-jax faster), process CPU seconds of each epoch, and ``*_token_fraction``: real tokens / token slots
+lai-jax faster), process CPU seconds of each epoch and ``cpu_ratio`` = torch / lai-jax CPU seconds (on a shared
+machine the wall times depend on what else runs; CPU time tracks the work done, spin-waiting included), and ``*_token_fraction``: real tokens / token slots
 computed (how much each side's padding costs). ``*_mean_loss``: the epoch's mean training loss on both sides
 (same data and initial weights, different dropout streams: close, not equal).
 
@@ -193,7 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     buckets, plan = training_order(instances, args.num_buckets, args.batch, args.seed)
     device = jax.devices()[0]
     result: dict[str, Any] = {
-        "jax_instances_per_s": None, "torch_instances_per_s": None, "ratio": None, "compile_s": None,
+        "jax_instances_per_s": None, "torch_instances_per_s": None, "ratio": None, "cpu_ratio": None,
+        "compile_s": None,
         "instances": len(instances), "batches": len(plan), "batch": args.batch, "threads": threads,
         "buckets": list(buckets), "batches_per_bucket": [sum(b == k for b, _ in plan) for k in range(len(buckets))],
         "T": buckets[-1], "K": int(instances[0].arrays["cand_mask"].shape[0]),
@@ -209,6 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.no_torch:
         result.update(torch_epoch(config, setup, instances, plan, host_params, threads, args.torch_attn))
         result["ratio"] = round(result["jax_instances_per_s"] / result["torch_instances_per_s"], 3)
+        result["cpu_ratio"] = round(result["torch_epoch_cpu_s"] / result["jax_epoch_cpu_s"], 3)
     print(json.dumps(result), flush=True)
     return result
 
