@@ -26,11 +26,9 @@ Design choices (all documented where they are made):
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from lai_jax.dropout import Dropout
@@ -89,36 +87,6 @@ def gaussian_kl_matrix(
     kl = 0.5 * (cross + row[..., :, None] + col[..., None, :])
     kl = jnp.maximum(kl, 0.0)
     return jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), ctype), kl)
-
-
-def gaussian_kl_naive(mu: Any, sigma: Any) -> np.ndarray:
-    """Reference: the KL formula evaluated pair by pair in a Python loop, float64 numpy.
-
-    Slow on purpose (test reference and benchmark baseline). Shapes as ``gaussian_kl_matrix``.
-    """
-    mu = np.asarray(mu, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
-    lead, (n, _) = mu.shape[:-2], mu.shape[-2:]
-    mu2 = mu.reshape((-1, n, mu.shape[-1]))
-    sg2 = sigma.reshape((-1, n, mu.shape[-1]))
-    out = np.zeros((mu2.shape[0], n, n), dtype=np.float64)
-    for b in range(mu2.shape[0]):
-        for i in range(n):
-            for j in range(n):
-                mi, mj, si, sj = mu2[b, i], mu2[b, j], sg2[b, i], sg2[b, j]
-                out[b, i, j] = 0.5 * np.sum(
-                    2 * np.log(sj) - 2 * np.log(si) + (si**2 + (mi - mj) ** 2) / sj**2 - 1
-                )
-    return out.reshape(lead + (n, n))
-
-
-def gaussian_kl_broadcast(mu: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
-    """GDPNet-style KL that broadcasts to ``[..., n, n, g]`` first (benchmark baseline only)."""
-    mi, mj = mu[..., :, None, :], mu[..., None, :, :]
-    si, sj = sigma[..., :, None, :], sigma[..., None, :, :]
-    return 0.5 * jnp.sum(
-        2 * jnp.log(sj) - 2 * jnp.log(si) + (si**2 + (mi - mj) ** 2) / sj**2 - 1, axis=-1
-    )
 
 
 def build_adjacency(
@@ -296,19 +264,3 @@ class G4CN(nn.Module):
                 name=f"block_{i}",
             )(x, adj, denom, node_mask, deterministic)
         return x
-
-
-def iter_jaxpr_avals(jaxpr: Any) -> Sequence[Any]:
-    """All abstract values produced anywhere in a (closed) jaxpr, sub-jaxprs included.
-
-    Used by the tests and the benchmark to prove that no ``[..., n, n, g]`` array is formed.
-    """
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    out = [v.aval for v in jaxpr.invars]
-    for eqn in jaxpr.eqns:
-        out.extend(v.aval for v in eqn.outvars)
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    out.extend(iter_jaxpr_avals(sub))
-    return out

@@ -31,6 +31,7 @@ class Runner:
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.n = len(self.devices)
         self.compiles = {"train": 0, "eval": 0}
+        self._compiled_train: dict[tuple, Any] = {}  # batch signature -> executable from `compile_train`
         counted_train = self._counting(train_step, "train")
         counted_eval = self._counting(eval_step, "eval")
         if mode == "pmap":
@@ -91,14 +92,33 @@ class Runner:
         return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
 
     # --------------------------------------------------------------------------------------- steps
-    def train(self, state: Any, batch: dict, use_gold_filter: bool):
-        """One optimiser step on a global batch (host arrays, or arrays placed by `put_batch`)."""
+    def _train_args(self, batch: dict, use_gold_filter: bool) -> tuple[dict, np.ndarray]:
         flag = np.asarray(use_gold_filter)
         if self.mode == "pmap":
             flag = np.broadcast_to(flag, (self.n,))
         placed = all(isinstance(v, jax.Array) for v in batch.values())
-        state, metrics = self._train(state, batch if placed else self.shard_batch(batch), flag)
+        return (batch if placed else self.shard_batch(batch)), flag
+
+    def train(self, state: Any, batch: dict, use_gold_filter: bool):
+        """One optimiser step on a global batch (host arrays, or arrays placed by `put_batch`)."""
+        sharded, flag = self._train_args(batch, use_gold_filter)
+        step = self._compiled_train.get(_signature(sharded), self._train) if self._compiled_train else self._train
+        state, metrics = step(state, sharded, flag)
         return state, metrics
+
+    def compile_train(self, state: Any, batch: dict[str, np.ndarray], use_gold_filter: bool) -> Any:
+        """Lower and compile the train step ahead of time for `batch`'s shapes; `train` dispatches it from now on.
+
+        `state` is this runner's device state (`put_state`); nothing runs and nothing is donated. Returns the
+        `jax.stages.Compiled` executable (for `memory_analysis()`, `cost_analysis()`, `as_text()`), so a caller
+        can time the compile apart from the steps and analyse exactly what `train` will run. One executable is
+        kept per batch signature (field names, shapes, dtypes), so each length bucket can have its own;
+        batches of other shapes still go through the jitted step.
+        """
+        sharded, flag = self._train_args(batch, use_gold_filter)
+        compiled = self._train.lower(state, sharded, flag).compile()
+        self._compiled_train[_signature(sharded)] = compiled
+        return compiled
 
     def eval(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self._eval(state, self.shard_batch(batch))
@@ -112,3 +132,8 @@ class Runner:
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], metrics)
         return metrics
+
+
+def _signature(batch: dict) -> tuple:
+    """What an ahead-of-time executable is specialised to: each field's name, shape and dtype."""
+    return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install.sh
 # glibc would hand XLA's per-step activation buffers back to the OS and page-fault them in again on every
-# step (a quarter of a training step's CPU time in lai_jax.bench); keep freed memory in one heap instead.
+# step (a quarter of a training step's CPU time in benchmarks.step); keep freed memory in one heap instead.
 export MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776
 bash launch/ner_re.sh configs/quick.py "${1:-runs/quick}"

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lai_jax import bench, pretrained
-from lai_jax import torch_reference as tr
-from lai_jax.data import features
+from benchmarks import step as bench
+from benchmarks import torch_reference as tr
+from benchmarks.workload import REPO, load_batch, make_setup
+from lai_jax import pretrained
 from lai_jax.models import ner_loss
 from lai_jax import input_pipeline
 
@@ -24,9 +25,9 @@ LAYERS = 2  # the packaged encoder's first layers: real weight scales, quick com
 def pair():
     """(setup, batch, flax params, torch model with those params) on tiny SciERC shapes."""
     # Two G4CN blocks (SciERC's NER config has one), so the wiring between blocks is compared too.
-    config, setup = bench.make_setup("default", max_text_len=24, max_candidates=12, layers=LAYERS,
-                                     overrides=("model.gcn_layers=2",))
-    _, instances = bench.load_batch(config, setup, 1)
+    config, setup = make_setup("default", max_text_len=24, max_candidates=12, layers=LAYERS,
+                               overrides=("model.gcn_layers=2",))
+    _, instances = load_batch(config, setup, 1)
     # Two real instances with entities among their K slots, and a zero-weight all-PAD padding row (fully
     # padded mask rows, no candidates).
     chosen = [i for i in instances if (i.arrays["labels"] > 0).any()][:2]
@@ -125,8 +126,8 @@ def test_kl_matrix_port_matches():
 
 
 def test_bench_smoke():
-    proc = subprocess.run([sys.executable, "-m", "lai_jax.bench", "--smoke"], capture_output=True, text=True,
-                          timeout=600, cwd=bench.REPO)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--smoke"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     assert len(lines) == 1, proc.stdout
@@ -139,3 +140,22 @@ def test_bench_smoke():
     assert r["jax_compiled_temp_mb"] is None or r["jax_compiled_temp_mb"] > 0
     assert r["mfu"] is None  # CPU
     assert r["threads"] >= 1 and r["device"].startswith("cpu")
+
+
+def test_epoch_bench_smoke(capsys):
+    """One tiny epoch on both frameworks: every batch hits a precompiled bucket, both sides train on all instances."""
+    from benchmarks import epoch
+
+    r = epoch.main(["--smoke"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == r
+    assert r["instances"] == epoch.SMOKE["limit"] and r["batch"] == epoch.SMOKE["batch"]
+    assert len(r["buckets"]) >= 2 and r["buckets"][-1] == r["T"] and len(r["compile_s_per_bucket"]) >= 2
+    assert sum(r["batches_per_bucket"]) == r["batches"] >= r["instances"] / r["batch"]
+    assert r["jax_recompiles"] == 0
+    for k in ("jax_instances_per_s", "torch_instances_per_s", "ratio", "cpu_ratio", "compile_s"):
+        assert isinstance(r[k], float) and r[k] > 0, k
+    assert abs(r["ratio"] - r["jax_instances_per_s"] / r["torch_instances_per_s"]) < 0.01 * r["ratio"] + 1e-3
+    # Dynamic padding computes no more padding than buckets do (it cuts every batch to its own longest row).
+    assert 0 < r["jax_token_fraction"] <= r["torch_token_fraction"] <= 1
+    # Same data and initial weights: the losses agree roughly (different dropout streams).
+    assert abs(r["jax_mean_loss"] - r["torch_mean_loss"]) < 0.25 * r["torch_mean_loss"]

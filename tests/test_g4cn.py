@@ -14,15 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lai_jax.g4cn import (
-    G4CN,
-    build_adjacency,
-    gaussian_kl_broadcast,
-    gaussian_kl_matrix,
-    gaussian_kl_naive,
-    iter_jaxpr_avals,
-    sublayer_widths,
-)
+from benchmarks.g4cn import gaussian_kl_broadcast, gaussian_kl_naive, iter_jaxpr_avals
+from lai_jax.g4cn import G4CN, build_adjacency, gaussian_kl_matrix, sublayer_widths
 
 REPO = Path(__file__).resolve().parents[1]
 D = 24  # hidden size of the small test models
@@ -317,7 +310,7 @@ def test_build_adjacency_masks_and_direction() -> None:
 @pytest.mark.slow  # a fresh process compiling ~8 small programs: ~10 s on 2 CPU cores
 def test_bench_smoke() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "lai_jax.bench_g4cn", "--smoke"],
+        [sys.executable, "-m", "benchmarks.g4cn", "--smoke"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

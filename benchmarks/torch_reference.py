@@ -2,6 +2,7 @@
 
     tmodel = TorchLAINet.from_pretrained(encoder_path, head)   # transformers.BertModel, eager attention
     copy_flax_params(tmodel, state.params)                     # same weights as the lai-jax model
+    # or both at once, with the lai-jax model's dropout rates: like_lai_jax(setup, encoder_path, state.params)
     out = tmodel(to_torch(batch))                              # {"logits", "filter_logits"}
     sums, counts = ner_loss(out, tb, use_gold_filter=True)
 
@@ -229,6 +230,21 @@ class TorchLAINet(nn.Module):
         if self.head.use_filter:
             out["filter_logits"] = self.filter(cand)
         return out
+
+
+def like_lai_jax(setup: Any, encoder_path: str, params: Mapping[str, Any], attn_implementation: str = "sdpa"
+                 ) -> TorchLAINet:
+    """The torch twin of `setup.model` (a `lai_jax.build.Setup`'s NER LAINet) holding `params`, in train mode.
+
+    Same number of encoder layers and the same dropout probabilities as the lai-jax encoder config.
+    """
+    bert = setup.model.bert
+    tmodel = TorchLAINet.from_pretrained(encoder_path, setup.head, num_hidden_layers=bert.num_hidden_layers,
+                                         attn_implementation=attn_implementation,
+                                         hidden_dropout_prob=bert.hidden_dropout_prob,
+                                         attention_probs_dropout_prob=bert.attention_probs_dropout_prob)
+    copy_flax_params(tmodel, params)
+    return tmodel.train()
 
 
 # -------------------------------------------------------------------------------------------- loss

@@ -1,10 +1,13 @@
 """Benchmark G4CN: vectorised KL adjacency vs baselines, and the full G4CN forward.
 
-    python -m lai_jax.bench_g4cn [--nodes 220] [--anno 13] [--hidden 768] [--batch 16] [--smoke]
+    python -m benchmarks.g4cn [--nodes 220] [--anno 13] [--hidden 768] [--batch 16] [--smoke]
 
 Prints one JSON line. Times are medians over ``--repeats`` jitted calls after a warm-up call;
 memory is XLA's compiled ``temp_size_in_bytes`` (scratch beyond arguments and outputs), plus
 the largest intermediate found in the jaxpr (what the program asks for before XLA fuses it).
+
+The baselines here (`gaussian_kl_naive`, `gaussian_kl_broadcast`) and `iter_jaxpr_avals` are also the
+references of tests/test_g4cn.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -20,31 +22,61 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lai_jax.g4cn import (
-    G4CN,
-    gaussian_kl_broadcast,
-    gaussian_kl_matrix,
-    gaussian_kl_naive,
-    iter_jaxpr_avals,
-)
+from benchmarks import timing
+from lai_jax.g4cn import G4CN, gaussian_kl_matrix
 
 
+# ------------------------------------------------------------------------ baselines and test references
+def gaussian_kl_naive(mu: Any, sigma: Any) -> np.ndarray:
+    """Reference: the KL formula evaluated pair by pair in a Python loop, float64 numpy.
+
+    Slow on purpose (test reference and benchmark baseline). Shapes as `lai_jax.g4cn.gaussian_kl_matrix`.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    lead, (n, _) = mu.shape[:-2], mu.shape[-2:]
+    mu2 = mu.reshape((-1, n, mu.shape[-1]))
+    sg2 = sigma.reshape((-1, n, mu.shape[-1]))
+    out = np.zeros((mu2.shape[0], n, n), dtype=np.float64)
+    for b in range(mu2.shape[0]):
+        for i in range(n):
+            for j in range(n):
+                mi, mj, si, sj = mu2[b, i], mu2[b, j], sg2[b, i], sg2[b, j]
+                out[b, i, j] = 0.5 * np.sum(
+                    2 * np.log(sj) - 2 * np.log(si) + (si**2 + (mi - mj) ** 2) / sj**2 - 1
+                )
+    return out.reshape(lead + (n, n))
+
+
+def gaussian_kl_broadcast(mu: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+    """GDPNet-style KL that broadcasts to ``[..., n, n, g]`` first (benchmark baseline)."""
+    mi, mj = mu[..., :, None, :], mu[..., None, :, :]
+    si, sj = sigma[..., :, None, :], sigma[..., None, :, :]
+    return 0.5 * jnp.sum(
+        2 * jnp.log(sj) - 2 * jnp.log(si) + (si**2 + (mi - mj) ** 2) / sj**2 - 1, axis=-1
+    )
+
+
+def iter_jaxpr_avals(jaxpr: Any) -> Sequence[Any]:
+    """All abstract values produced anywhere in a (closed) jaxpr, sub-jaxprs included.
+
+    Used by the tests and the benchmark to prove that no ``[..., n, n, g]`` array is formed.
+    """
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    out = [v.aval for v in jaxpr.invars]
+    for eqn in jaxpr.eqns:
+        out.extend(v.aval for v in eqn.outvars)
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    out.extend(iter_jaxpr_avals(sub))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- timing
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up (compile happens on the first call)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times), 3)
-
-
-def _temp_bytes(compiled: Any) -> Optional[int]:
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # memory_analysis is backend-dependent
-        return None
-    return None if stats is None else int(stats.temp_size_in_bytes)
+    """Median ms of the blocking `fn` after one warm-up call (where any compile happens)."""
+    return timing.median_ms(lambda: jax.block_until_ready(fn()), repeats)
 
 
 def _max_intermediate(fn: Callable[..., Any], *args: Any) -> int:
@@ -59,7 +91,7 @@ def _measure(fn: Callable[..., Any], args: Sequence[Any], repeats: int) -> tuple
     compiled = jax.jit(fn).lower(*args).compile()
     rec = {
         "ms": _median_ms(lambda: compiled(*args), repeats),
-        "temp_bytes": _temp_bytes(compiled),
+        "temp_bytes": timing.memory_stats(compiled)["temp"],
         "max_intermediate_elems": _max_intermediate(fn, *args),
     }
     return rec, compiled

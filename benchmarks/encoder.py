@@ -1,6 +1,6 @@
 """Forward+backward speed of the Flax encoder vs `transformers.BertModel` (torch) on the same weights.
 
-    python -m lai_jax.bench_encoder [--batch 4] [--seq-len 608] [--threads N] [--steps 5] [--smoke]
+    python -m benchmarks.encoder [--batch 4] [--seq-len 608] [--threads N] [--steps 5] [--smoke]
 
 Loss is the sum of the last hidden states; gradients are taken w.r.t. all parameters on both
 sides. The JAX step is jitted and compiled before timing; after one warm-up step each, JAX and torch
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from typing import Callable, Sequence
+
+from benchmarks import timing
 
 SCIERC_NER_SEQ_LEN = 608
 
@@ -67,21 +68,17 @@ def _inputs(batch: int, seq_len: int, vocab: int, max_pos: int, seed: int = 0):
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = _parse(argv)
-    if args.threads:
-        # Before JAX creates its CPU client, so XLA's intra-op pool gets this many threads.
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
-    threads = len(os.sched_getaffinity(0))
+    threads = timing.pin_threads(args.threads)  # before JAX creates its CPU client
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from lai_jax import pretrained as encoder
+    from lai_jax import pretrained
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    path = encoder.resolve_encoder_path(args.model)
+    path = pretrained.resolve_encoder_path(args.model)
     t0 = time.perf_counter()
-    model, params, _ = encoder.load(path, dtype=dtype, remat=args.remat)
+    model, params, _ = pretrained.load(path, dtype=dtype, remat=args.remat)
     load_s = time.perf_counter() - t0
     cfg = model.config
     ids, pos, types, mask = _inputs(args.batch, args.seq_len, cfg.vocab_size, cfg.max_position_embeddings)
@@ -93,26 +90,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return out.astype(jnp.float32).sum()
 
     step = jax.jit(jax.value_and_grad(loss))
-    keys = jax.random.split(jax.random.PRNGKey(0), args.steps + 1)
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), args.steps + 2))
     t0 = time.perf_counter()
-    compiled = step.lower(params, keys[0], batch).compile()
+    compiled = step.lower(params, next(keys), batch).compile()
     compile_s = time.perf_counter() - t0
 
-    def jax_step(i: int) -> None:
-        jax.block_until_ready(compiled(params, keys[i], batch))
+    def jax_step() -> None:
+        jax.block_until_ready(compiled(params, next(keys), batch))
 
-    steps: dict[str, Callable[[int], None]] = {"jax": jax_step}
+    steps: dict[str, Callable[[], None]] = {"jax": jax_step}
     if not args.no_torch:
         steps["torch"] = _torch_step(path, args, threads, ids, pos, types, mask)
     for fn in steps.values():
-        fn(0)  # warm-up
-    # Interleaved so that load from other processes hits both frameworks alike; medians per step.
+        fn()  # warm-up
+    # Interleaved step by step so that load from other processes hits both frameworks alike; medians per step.
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(1, args.steps + 1):
+    for _ in range(args.steps):
         for name, fn in steps.items():
-            t0 = time.perf_counter()
-            fn(i)
-            times[name].append(time.perf_counter() - t0)
+            times[name] += timing.time_steps(fn, 1)
     med = {name: statistics.median(ts) for name, ts in times.items()}
 
     result = {
@@ -157,7 +152,7 @@ def _torch_step(path: str, args: argparse.Namespace, threads: int, ids, pos, typ
         attention_mask=torch.from_numpy(np.where(mask, 0.0, neg).astype(np.float32)[:, None]),
     )
 
-    def step(_: int) -> None:
+    def step() -> None:
         model.zero_grad(set_to_none=True)
         model(**inputs).last_hidden_state.sum().backward()
 
