@@ -58,7 +58,7 @@ def test_every_module_imports_without_torch(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["failed"] == {}, "modules that cannot be imported without torch: " + "; ".join(
         f"{name} ({error})" for name, error in result["failed"].items())
-    assert set(result["imported"]) | {"lai_jax"} == _package_modules() - NOT_YET_MOVED
+    assert set(result["imported"]) | {"lai_jax"} == _package_modules()
 
 
 def test_cli_logging_hides_library_noise(tmp_path):
