@@ -37,22 +37,22 @@ def _package_modules() -> set[str]:
 
 
 def test_every_module_imports_without_torch(tmp_path):
-    code = f"""
+    code = """
         import importlib, json, pkgutil
         import lai_jax
-        imported, failed = [], {{}}
+        imported, failed = [], {}
         for info in pkgutil.walk_packages(lai_jax.__path__, "lai_jax."):
             try:
                 importlib.import_module(info.name)
                 imported.append(info.name)
             except (Exception, SystemExit) as e:
-                failed[info.name] = f"{{type(e).__name__}}: {{e}}"
+                failed[info.name] = f"{type(e).__name__}: {e}"
         try:
             import torch
             failed["(check)"] = "torch was importable"
         except ImportError:
             pass
-        print(json.dumps({{"imported": imported, "failed": failed}}))
+        print(json.dumps({"imported": imported, "failed": failed}))
     """
     proc = _run_without_torch(code, tmp_path)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
