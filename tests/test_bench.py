@@ -149,7 +149,7 @@ def test_epoch_bench_smoke(capsys):
     r = epoch.main(["--smoke"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == r
     assert r["instances"] == epoch.SMOKE["limit"] and r["batch"] == epoch.SMOKE["batch"]
-    assert len(r["buckets"]) >= 2 and r["buckets"][-1] == r["T"] and len(r["compile_s_per_bucket"]) >= 2
+    assert len(r["buckets"]) >= 2 and r["buckets"][-1] == [r["K"], r["T"]] and len(r["compile_s_per_bucket"]) >= 2
     assert sum(r["batches_per_bucket"]) == r["batches"] >= r["instances"] / r["batch"]
     assert r["jax_recompiles"] == 0
     for k in ("jax_instances_per_s", "torch_instances_per_s", "ratio", "cpu_ratio", "compile_s"):

@@ -414,7 +414,7 @@ def test_tokenizer_is_fast(packaged):
 
 def test_bench_smoke(capsys):
     pytest.importorskip("torch")
-    from lai_jax import bench_encoder
+    from benchmarks import encoder as bench_encoder
 
     result = bench_encoder.main(["--smoke"])
     line = capsys.readouterr().out.strip().splitlines()[-1]

@@ -9,14 +9,14 @@ from tests.conftest import tiny_config
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert):
     """(setup, two batches of different lengths, host initial state) on the tiny BERT."""
-    from lai_jax import input_pipeline, train
-    from lai_jax.data import features
+    from lai_jax import build as build_lib, input_pipeline as ip
     config = tiny_config("ner", tiny_bert, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0})
-    setup = train.build(config)
-    inst = train.instances_for(setup, train.load_splits(config, setup.labels)["train"])
-    full = features.stack(inst[:4], 4)
-    short = input_pipeline.cut(features.stack(inst[4:8], 4), max(map(input_pipeline.real_length, inst[4:8])))
-    host0 = jax.tree.map(np.asarray, train.init_state(setup, features.stack(inst[:1]), total_steps=2))
+    setup = build_lib.build(config)
+    inst = ip.make_instances(setup.featurizer, "ner", ip.load_splits(config, setup.labels)["train"])
+    full = ip.stack(inst[:4], 4)
+    K = full["cand_mask"].shape[1]
+    short = ip.cut(ip.stack(inst[4:8], 4), (K, max(map(ip.real_length, inst[4:8]))))
+    host0 = jax.tree.map(np.asarray, build_lib.init_state(setup, ip.stack(inst[:1]), total_steps=2))
     return setup, full, short, host0
 
 
