@@ -152,6 +152,7 @@ def test_epoch_bench_smoke(capsys):
     assert len(r["buckets"]) >= 2 and r["buckets"][-1] == [r["K"], r["T"]] and len(r["compile_s_per_bucket"]) >= 2
     assert sum(r["batches_per_bucket"]) == r["batches"] >= r["instances"] / r["batch"]
     assert r["jax_recompiles"] == 0
+    assert 0 < r["jax_host_ms_per_step"] < r["jax_step_ms"]  # building a batch costs less than a step
     for k in ("jax_instances_per_s", "torch_instances_per_s", "ratio", "cpu_ratio", "compile_s"):
         assert isinstance(r[k], float) and r[k] > 0, k
     assert abs(r["ratio"] - r["jax_instances_per_s"] / r["torch_instances_per_s"]) < 0.01 * r["ratio"] + 1e-3
