@@ -110,9 +110,9 @@ def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = Non
     """
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
     pred, result = evaluation.evaluate_documents(runner, state, setup, docs, ents, split)
+    step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()  # a collective too (orbax)
     if jax.process_index() != 0:  # every process scored the split (a collective); process 0 writes it
         return result
-    step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()
     path = Path(workdir) / "predictions" / f"{split}.jsonl"
     predictions.write_predictions(path, pred, predictions.prediction_settings(setup.config, step))
     try:
