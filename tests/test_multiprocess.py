@@ -78,10 +78,9 @@ def run_phase(config: Path, phase: str, workdir: Path, parallel: str, processes:
 
 def final_params(workdir: Path) -> tuple[int, dict]:
     """(step, params) of the run's latest checkpoint, restored as saved."""
-    import orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints" / "latest")
-    step = manager.latest_step()
-    return step, manager.restore(step, args=ocp.args.StandardRestore())["params"]
+    from lai_jax.checkpoints import Checkpoints
+    ckpt = Checkpoints(workdir / "checkpoints")
+    return ckpt.latest_step(), ckpt.restore_latest(None)["params"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
