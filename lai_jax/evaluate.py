@@ -20,7 +20,9 @@ from typing import Optional
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
 
 from lai_jax import checkpoints, evaluation, input_pipeline, metrics as metrics_lib, predictions
 from lai_jax.build import Setup, build, check_choices, init_state
@@ -108,7 +110,9 @@ def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = Non
     """
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
     pred, result = evaluation.evaluate_documents(runner, state, setup, docs, ents, split)
-    step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()
+    step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()  # a collective too (orbax)
+    if jax.process_index() != 0:  # every process scored the split (a collective); process 0 writes it
+        return result
     path = Path(workdir) / "predictions" / f"{split}.jsonl"
     predictions.write_predictions(path, pred, predictions.prediction_settings(setup.config, step))
     try:
@@ -148,7 +152,8 @@ def sweep_split(workdir: str | Path, split: str, field: str, values: list, overr
         pred = evaluation.decode_documents(setup, docs, instances, probs, ents)
         out.append({"value": value, "result": evaluation.score_documents(setup, docs, pred)})
     record = {"field": field, "overrides": dict(overrides or {}), "runs": out}
-    (Path(workdir) / f"eval_{split}_sweep.json").write_text(json.dumps(record, indent=2))
+    if jax.process_index() == 0:
+        (Path(workdir) / f"eval_{split}_sweep.json").write_text(json.dumps(record, indent=2))
     return out
 
 
@@ -172,11 +177,18 @@ def check_predictions(workdir: str | Path, config: ml_collections.ConfigDict | N
 def ensure_predictions(workdir: str | Path, split: str) -> Path:
     """The NER run's predictions for `split`, produced from its best checkpoint if not yet written.
 
+    Several processes: process 0 decides whether the file is missing (the others may not see it yet); then all
+    of them score the split together, process 0 writes it, and the others wait for that before reading it.
     Raises ValueError when that run's dev and test predictions were written with different settings.
     """
     path = Path(workdir) / "predictions" / f"{split}.jsonl"
-    if not path.exists():
+    missing = not path.exists()
+    if jax.process_count() > 1:
+        missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+    if missing:
         evaluate_split(workdir, split)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"lai_jax.ensure_predictions:{path}")
     check_predictions(workdir)
     return path
 

@@ -12,19 +12,26 @@ from lai_jax import decoding, input_pipeline, metrics as metrics_lib
 from lai_jax.build import Setup
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.features import Instance
-from lai_jax.parallel import Runner
+from lai_jax.parallel import Runner, host_block
 
 
 def forward(runner: Runner, state, setup: Setup, instances: Sequence[Instance], desc: str) -> list[dict]:
-    """Probabilities per instance (host numpy), batched by the setup's bucket shapes with zero-weight padding."""
+    """Probabilities per instance (host numpy), batched by the setup's bucket shapes with zero-weight padding.
+
+    Several processes: each builds the same global batches (every process holds all `instances`), feeds its
+    `host_block` of rows and receives every row's outputs, so all processes run the same number of eval steps
+    (a collective each) and return the same probabilities. One process: the block is the whole batch.
+    """
     phase = setup.config.phase
-    batch_size = setup.config.per_device_eval_batch_size * runner.n
+    batch_size = setup.config.per_device_eval_batch_size * runner.global_n
+    block = host_block(batch_size)
     shapes = setup.shapes or ((setup.featurizer.num_slots(phase), setup.featurizer.seq_len(phase)),)
     out: list[Optional[dict]] = [None] * len(instances)
     n_batches = math.ceil(len(instances) / batch_size) + len(shapes) - 1
     for batch, chunk in tqdm(input_pipeline.eval_batches(instances, shapes, batch_size), total=n_batches,
                              desc=desc, leave=False, disable=None):
-        probs = runner.eval(state, batch)
+        # The whole global batch is stacked on every host (cheap next to the forward), then cut to its block.
+        probs = runner.eval(state, {k: v[block] for k, v in batch.items()})
         for row, i in enumerate(chunk):
             out[i] = {k: v[row] for k, v in probs.items()}
     return out

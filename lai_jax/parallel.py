@@ -3,6 +3,12 @@
 The steps themselves (`lai_jax.steps`) are pure functions of one device's shard that reduce over the
 mesh axis "data". `pmap` (default) and `jax.jit(jax.shard_map(...))` run the same functions; pmap is in
 maintenance mode in current JAX, so both are kept working and tested against each other.
+
+Several processes (one per host, `jax.distributed.initialize`): every process builds the same global batches
+and feeds only its block of rows (`host_block`); pmap then reduces over every process's devices, and the
+shard_map mesh holds all devices ordered by process, so process p's block lands on process p's devices.
+Outputs that every process needs (evaluation probabilities, the host copy of the state) are gathered or read
+from a local replica, never fetched from another host's devices.
 """
 from __future__ import annotations
 
@@ -10,9 +16,23 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+
+
+def host_block(global_rows: int) -> slice:
+    """This process's rows of a global batch of `global_rows`: the p-th of `process_count` equal blocks."""
+    per_host, rest = divmod(global_rows, jax.process_count())
+    if rest:
+        raise ValueError(f"a global batch of {global_rows} rows does not split over {jax.process_count()} processes")
+    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+
+def _local(x: jax.Array) -> np.ndarray:
+    """A replicated array as host numpy, read from this process's own replica."""
+    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 class Runner:
@@ -30,6 +50,7 @@ class Runner:
         # Default: every local device. A subset (tests comparing 1 vs N devices) must be single-host.
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.n = len(self.devices)
+        self.global_n = self.n * jax.process_count() if devices is None else self.n  # devices over all processes
         self.compiles = {"train": 0, "eval": 0}
         self._compiled_train: dict[tuple, Any] = {}  # batch signature -> executable from `compile_train`
         counted_train = self._counting(train_step, "train")
@@ -39,7 +60,9 @@ class Runner:
             self._train = jax.pmap(counted_train, axis_name=AXIS, donate_argnums=(0,), devices=devs)
             self._eval = jax.pmap(counted_eval, axis_name=AXIS, devices=devs)
         else:
-            self.mesh = Mesh(np.asarray(self.devices if devices is not None else jax.devices()), (AXIS,))
+            # Ordered by process: process p's block of a global batch goes to process p's devices.
+            every = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+            self.mesh = Mesh(np.asarray(self.devices if devices is not None else every), (AXIS,))
             self._train = jax.jit(jax.shard_map(counted_train, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
                                                 out_specs=(P(), P())), donate_argnums=(0,))
             self._eval = jax.jit(jax.shard_map(counted_eval, mesh=self.mesh, in_specs=(P(), P(AXIS)),
@@ -61,10 +84,10 @@ class Runner:
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
     def get_state(self, state: Any) -> Any:
-        """Device state -> one host copy."""
+        """Device state -> one host copy (this process's replica: every process gets the same values)."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: np.asarray(x[0]), state)
-        return jax.tree.map(np.asarray, state)
+        return jax.tree.map(_local, state)
 
     def _pmap_sharding(self, ndim: int):
         mesh = Mesh(np.asarray(self.devices), (AXIS,))
@@ -121,17 +144,22 @@ class Runner:
         return compiled
 
     def eval(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of a global batch whose `host_block` is `batch`, all rows on every process (host numpy).
+
+        A collective when there are several processes: each must call it equally often, with same-shaped blocks.
+        """
         out = self._eval(state, self.shard_batch(batch))
-        out = jax.tree.map(np.asarray, out)
-        if self.mode == "pmap":
-            out = jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), out)
-        return out
+        several = self.global_n > self.n
+        if self.mode == "pmap":  # each process holds its own rows: concatenate the blocks in process order
+            out = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), out)
+        # shard_map: one global array over every host's devices, gathered in mesh (= process) order.
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True) if several else out)
 
     def scalar(self, metrics: dict) -> dict[str, Any]:
-        """Per-step metrics (identical on every device) as lazily transferable arrays."""
+        """Per-step metrics (identical on every device) as lazily transferable arrays on a local device."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], metrics)
-        return metrics
+        return jax.tree.map(lambda x: x.addressable_data(0), metrics)
 
 
 def _signature(batch: dict) -> tuple:

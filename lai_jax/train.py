@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from lai_jax import checkpoints, evaluate, evaluation, input_pipeline, metric_writers, metrics as metrics_lib, predictions
 from lai_jax.build import build, init_state
-from lai_jax.parallel import Runner
+from lai_jax.parallel import Runner, host_block
 from lai_jax.steps import bind_steps
 
 log = logging.getLogger("lai_jax")
@@ -71,12 +71,6 @@ def per_device_batch(config, local_devices: int, processes: int = 1) -> int:
                          f"local devices ({local_devices}) x grad_accum_steps ({config.grad_accum_steps}) = {split}; "
                          f"change --config.batch_size or --config.grad_accum_steps")
     return config.batch_size // split
-
-
-def host_rows(idx: Sequence[int], global_batch: int, process: int, processes: int) -> list[int]:
-    """This process's rows of a global batch of instance indices `idx` (padded to `global_batch`): the real ones."""
-    per_host = global_batch // processes
-    return list(idx[process * per_host:(process + 1) * per_host])
 
 
 def format_eta(seconds: float) -> str:
@@ -141,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         """The host's slice of step `step`'s global batch, cut to its bucket's shape, on the devices."""
         epoch, offset = divmod(step, steps_per_epoch)
         b, idx = epoch_plan(epoch)[offset]
-        rows = host_rows(idx, global_batch, jax.process_index(), jax.process_count())
+        rows = list(idx[host_block(global_batch)])  # idx holds the real rows: the tail blocks may get none
         batch = input_pipeline.stack([train_inst[i] for i in rows], global_batch // jax.process_count(),
                                      like=train_inst[0])
         return runner.put_batch(input_pipeline.cut(batch, shapes[b]))
