@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lai_jax.data import features, masks
+from lai_jax.data import features, masks, slots
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels, pair_labels
 from lai_jax.stats import relation_stats
@@ -39,7 +39,7 @@ def test_candidate_count_formula_no_duplicates_none_lost(tok, labels):
     insts, _ = f.ner_instances([long_doc(m)])
     mine = [i for i in insts if i.sent == 1]
     spans = [sp for inst in mine for sp in inst.spans]
-    assert len(spans) == m * L + (L - L * L) // 2 == features.num_candidates(m, L)
+    assert len(spans) == m * L + (L - L * L) // 2 == slots.num_candidates(m, L)
     assert len(set(spans)) == len(spans)
     assert set(spans) == {(i, j) for i in range(m) for j in range(i, min(m, i + L))}
     assert len(mine) == -(-len(spans) // 50)

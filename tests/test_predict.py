@@ -16,7 +16,7 @@ from tests.conftest import REPO, tiny_config
 from lai_jax import predict, predict_input
 from lai_jax.data.documents import DataError, Document
 from lai_jax.data import windows
-from lai_jax.data.features import enumerate_spans
+from lai_jax.data.slots import enumerate_spans
 from lai_jax.text import split_sentences, tokenize
 from lai_jax import build as build_lib
 from lai_jax import evaluation

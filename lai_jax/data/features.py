@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lai_jax.data import masks, slots
+from lai_jax.data.slots import enumerate_spans
 from lai_jax.data.documents import Document, Entity
 from lai_jax.data.labels import LabelSet, RelationLabelSpace, pair_labels
 from lai_jax.data.windows import best_window, pair_windows, plan_windows
@@ -61,17 +62,6 @@ class FeatureConfig:
 
 def round_up(n: int, multiple: int = 8) -> int:
     return -(-n // multiple) * multiple
-
-
-def num_candidates(num_words: int, max_span_len: int) -> int:
-    """|Psi| for a sentence of m words: m*L + (L - L^2)/2 when m >= L (the paper's formula), else m(m+1)/2."""
-    l = min(num_words, max_span_len)
-    return num_words * l + (l - l * l) // 2
-
-
-def enumerate_spans(num_words: int, max_span_len: int) -> list[tuple[int, int]]:
-    """All spans of <= max_span_len words, sorted by (start, end) so neighbours share an instance."""
-    return [(i, j) for i in range(num_words) for j in range(i, min(num_words, i + max_span_len))]
 
 
 @dataclasses.dataclass

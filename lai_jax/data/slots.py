@@ -19,6 +19,17 @@ from typing import Iterable, Sequence
 SLOT_MULTIPLE = 8
 
 
+def num_candidates(num_words: int, max_span_len: int) -> int:
+    """|Psi| for a sentence of m words: m*L + (L - L^2)/2 when m >= L (the paper's formula), else m(m+1)/2."""
+    l = min(num_words, max_span_len)
+    return num_words * l + (l - l * l) // 2
+
+
+def enumerate_spans(num_words: int, max_span_len: int) -> list[tuple[int, int]]:
+    """All spans of <= max_span_len words, sorted by (start, end) so neighbours share an instance."""
+    return [(i, j) for i in range(num_words) for j in range(i, min(num_words, i + max_span_len))]
+
+
 def _cost(sizes: Sequence[int], overhead: int) -> int:
     return len(sizes) * overhead + 2 * sum(sizes)
 
