@@ -136,8 +136,11 @@ class Checkpoints:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {manager.directory}")
         self.wait()  # a step still being written is not readable yet
-        if like is None:
-            return manager.restore(step, args=ocp.args.StandardRestore())
+        if like is None:  # as saved (nested dicts), on this process's first device whatever the saving topology
+            meta = ocp.StandardCheckpointer().metadata(Path(manager.directory) / str(step) / "default").item_metadata
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta,
+                                is_leaf=lambda m: isinstance(m, ocp.metadata.ArrayMetadata))
         abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
                                 ocp.utils.to_shape_dtype_struct(x), like)
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -151,19 +151,29 @@ def choose_slot_buckets(featurizer: Featurizer, phase: str, docs: Sequence[Docum
     return slots.choose_slot_buckets(featurizer.slot_demand(docs, phase), featurizer.num_slots(phase), num_buckets)
 
 
-def choose_shapes(instances: Sequence[Instance], slot_buckets: Sequence[int]) -> tuple[Shape, ...]:
+def choose_shapes(instances: Sequence[Instance], slot_buckets: Sequence[int], num_shapes: int = 0
+                  ) -> tuple[Shape, ...]:
     """One (K_b, T_b) per slot bucket that holds training instances: T_b is its longest instance, rounded up to 8.
 
-    The last shape is always the full (K, T), so any instance (also of other splits) fits some shape.
+    The last shape is always the full (K, T), so any instance (also of other splits) fits some shape. When there
+    are fewer slot buckets than `num_shapes` (few slots, as RE's objects), the instances of the full slot count
+    are split further by length, at equal quantiles (multiples of 8).
     """
     T = int(instances[0].arrays["input_ids"].shape[0])
     K = int(slot_buckets[-1])
     longest: dict[int, int] = {}
+    full_lengths = []
     for inst in instances:
         b = next(b for b in slot_buckets if len(inst.spans) <= b)
         longest[b] = max(longest.get(b, 0), real_length(inst))
-    shapes = [(b, min(T, round_up(max(n, 1)))) for b, n in sorted(longest.items()) if b != K]
-    return (*shapes, (K, T))
+        if b == K:
+            full_lengths.append(real_length(inst))
+    shapes = {(b, min(T, round_up(max(n, 1)))) for b, n in longest.items() if b != K}
+    extra = num_shapes - len(shapes) - 1
+    if extra > 0 and full_lengths:
+        qs = np.quantile(full_lengths, [i / (extra + 1) for i in range(1, extra + 1)], method="higher")
+        shapes |= {(K, round_up(int(q))) for q in qs if round_up(int(q)) < T}
+    return (*sorted(shapes), (K, T))
 
 
 def shape_of(inst: Instance, shapes: Sequence[Shape]) -> int:
@@ -201,7 +211,8 @@ def plan_buckets(featurizer: Featurizer, phase: str, train_docs: Sequence[Docume
         return featurizer, make_instances(featurizer, phase, train_docs), (full,)
     featurizer = featurizer.with_slot_buckets(phase, choose_slot_buckets(featurizer, phase, train_docs, num_buckets))
     instances = make_instances(featurizer, phase, train_docs)
-    return featurizer, instances, choose_shapes(instances, featurizer.slot_buckets(phase)) if instances else (full,)
+    shapes = choose_shapes(instances, featurizer.slot_buckets(phase), num_buckets) if instances else (full,)
+    return featurizer, instances, shapes
 
 
 def save_shapes(path: Path, featurizer: Featurizer, phase: str, shapes: Sequence[Shape]) -> None:

@@ -130,3 +130,16 @@ def test_training_compiles_at_most_once_per_shape(tiny_bert, tmp_path):
     result = train.train_and_evaluate(config, str(tmp_path))
     assert 2 <= result["compiles"]["train"] <= 3 and 1 <= result["compiles"]["eval"] <= 3
     assert result["test"]["ner"]["micro"]["n_gold"] > 0
+
+
+def test_few_slots_split_by_length_instead(tiny_bert):
+    """RE has few object slots (here 4): no smaller slot count pays off, so the shapes split by token length."""
+    config = tiny_config("re", tiny_bert, **{"data.train_limit": 40, "max_text_len": 96})
+    setup = build_lib.build(config)
+    docs = ip.load_splits(config, setup.labels)["train"]
+    featurizer, insts, shapes = ip.plan_buckets(setup.featurizer, "re", docs, 3)
+    K, T = featurizer.num_slots("re"), featurizer.seq_len("re")
+    assert shapes[-1] == (K, T) and 2 <= len(shapes) <= 3 and len(set(shapes)) == len(shapes)
+    assert all(t % 8 == 0 and t < T for _, t in shapes[:-1])
+    groups = ip.assign(insts, shapes)
+    assert sorted(i for g in groups for i in g) == list(range(len(insts))) and len(groups[0]) > 0

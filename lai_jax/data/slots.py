@@ -16,7 +16,7 @@ import itertools
 from collections import Counter
 from typing import Iterable, Sequence
 
-SLOT_MULTIPLE = 8
+SLOT_MULTIPLE = 8  # bucket sizes are multiples of this (of 4 for K <= 32, as RE's objects)
 
 
 def num_candidates(num_words: int, max_span_len: int) -> int:
@@ -71,11 +71,12 @@ def total_tokens(demand: Iterable[tuple[int, int]], buckets: Sequence[int]) -> i
 
 
 def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_buckets: int) -> tuple[int, ...]:
-    """`num_buckets` slot counts (ascending multiples of 8, the last = max_slots) with the fewest total tokens
+    """`num_buckets` slot counts (ascending multiples of 8, or of 4 for max_slots <= 32; the last = max_slots) with the fewest total tokens
     for windows with (k slots, overhead tokens) each; one bucket, (max_slots,), when num_buckets <= 1."""
     if num_buckets <= 1 or not demand:
         return (max_slots,)
-    sizes = [s for s in range(SLOT_MULTIPLE, max_slots, SLOT_MULTIPLE)]
+    step = SLOT_MULTIPLE if max_slots > 32 else SLOT_MULTIPLE // 2
+    sizes = list(range(step, max_slots, step))
     counted = Counter(demand)
     best, best_cost = (max_slots,), None
     for r in range(1, min(num_buckets - 1, len(sizes)) + 1):
