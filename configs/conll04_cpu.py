@@ -1,11 +1,11 @@
-"""All of CoNLL04 on a 2-core CPU with the packaged MiniLM encoder: NER then end-to-end RE in under 45 minutes.
+"""All of CoNLL04 on a 2-core CPU with the packaged MiniLM encoder: NER then end-to-end RE in about 45 minutes.
 
     bash launch/conll04_cpu.sh            # both phases; prints NER / RE / RE+ on dev and test
 
 The model is the full LAI-Net (annotations, partial attention, G4CN, entity filter with cold start); what
 makes it fit a CPU is the shapes: spans of at most 4 words (98.3 % of CoNLL04's training entities), up to
-128 candidates per instance (one instance for most sentences), length buckets so a batch computes on its
-own length rather than the longest sentence's, and a short schedule with a higher encoder learning rate.
+128 candidates per instance (one instance for most sentences), batch shapes so a batch computes on its
+own slots and length rather than the fullest sentence's, and a short schedule with a higher encoder learning rate.
 """
 from lai_jax.config_base import base_config
 
