@@ -1,7 +1,7 @@
 """Benchmarks of lai-jax against a PyTorch reference of the same model (run from the repository root).
 
     python -m benchmarks.step      # one fixed-shape NER train step (SciERC shapes), lai-jax vs torch
-    python -m benchmarks.epoch     # one SciERC NER training epoch: length buckets vs per-batch dynamic padding
+    python -m benchmarks.epoch     # one SciERC NER training epoch: batch shapes vs per-batch dynamic padding
     python -m benchmarks.encoder   # the encoder alone, forward + backward
     python -m benchmarks.g4cn      # the G4CN and its KL adjacency against baselines
 

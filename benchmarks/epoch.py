@@ -52,7 +52,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--encoder", default="default", help="HF directory or Hub name (default: packaged MiniLM-L6)")
     p.add_argument("--limit", type=int, default=64, help="first N training instances (0: the whole split)")
     p.add_argument("--batch", type=int, default=8, help="instances per batch, both frameworks")
-    p.add_argument("--num-buckets", type=int, default=3, help="lai-jax length buckets (config.num_buckets)")
+    p.add_argument("--num-buckets", type=int, default=3, help="lai-jax batch shapes (config.num_buckets)")
     p.add_argument("--threads", type=int, default=None, help="cores for both frameworks (default: all schedulable)")
     p.add_argument("--layers", type=int, default=None, help="use only the first N encoder layers")
     p.add_argument("--max-text-len", type=int, default=None, help="override C (default: the SciERC config's)")

@@ -135,7 +135,7 @@ class Runner:
         `state` is this runner's device state (`put_state`); nothing runs and nothing is donated. Returns the
         `jax.stages.Compiled` executable (for `memory_analysis()`, `cost_analysis()`, `as_text()`), so a caller
         can time the compile apart from the steps and analyse exactly what `train` will run. One executable is
-        kept per batch signature (field names, shapes, dtypes), so each length bucket can have its own;
+        kept per batch signature (field names, shapes, dtypes), so each batch shape can have its own;
         batches of other shapes still go through the jitted step.
         """
         sharded, flag = self._train_args(batch, use_gold_filter)
