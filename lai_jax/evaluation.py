@@ -25,7 +25,7 @@ def forward(runner: Runner, state, setup: Setup, instances: Sequence[Instance], 
     phase = setup.config.phase
     batch_size = setup.config.per_device_eval_batch_size * runner.global_n
     block = host_block(batch_size)
-    shapes = setup.shapes or ((setup.featurizer.num_slots(phase), setup.featurizer.seq_len(phase)),)
+    shapes = setup.shapes or (input_pipeline.full_shape(setup.featurizer, phase),)
     out: list[Optional[dict]] = [None] * len(instances)
     n_batches = math.ceil(len(instances) / batch_size) + len(shapes) - 1
     for batch, chunk in tqdm(input_pipeline.eval_batches(instances, shapes, batch_size), total=n_batches,

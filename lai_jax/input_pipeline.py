@@ -5,12 +5,11 @@ tensorflow-datasets builders, anything else through `lai_jax.data.readers`), aft
 hold-out. Featurizing: `make_instances` turns documents into fixed-shape instances
 (`lai_jax.data.features`). Batching: `stack` pads a batch with zero-weight rows.
 
-Length buckets: every instance is built at the config's static length T, but most are much shorter: the
-text budget C is sized for the longest sentence and the marker block for the fullest one. Markers are
-packed right after the text and annotations, so an instance's real tokens are a prefix of its T slots and
-can be cut to any length that holds them. A few bucket lengths chosen from the training data
-(`num_buckets`, the largest always T) give each batch the shortest of them that fits all its instances:
-at most `num_buckets` compiles per phase and split, and far less padding to compute on.
+Batch shapes: every instance is built at the config's static (K slots, T tokens), but most use far fewer: a
+short sentence has few candidates, and markers are packed right after the text, so an instance's real slots
+and tokens are prefixes that can be cut. `plan_buckets` picks `num_buckets` (slots, tokens) shapes from the
+training data (slot counts from `lai_jax.data.slots`, the largest always (K, T)) and each batch is cut to the
+smallest that holds it: at most `num_buckets` compiles per phase and split, and far less padding.
 """
 from __future__ import annotations
 
@@ -92,7 +91,7 @@ def load_splits(config, labels: LabelSet) -> dict[str, list[Document]]:
 
 def split_key(config, split: str) -> str:
     """train / dev / test for one of the run's split names (data.train_split, ...)."""
-    names = {config.data.train_split: "train", config.data.dev_split or "dev": "dev", config.data.test_split: "test"}
+    names = {split_name(config, key): key for key in ("train", "dev", "test")}
     if split not in names:
         raise ValueError(f"unknown split {split!r}; this run has {config.data.train_split}/"
                          f"{config.data.dev_split or 'dev'}/{config.data.test_split}")
@@ -145,6 +144,11 @@ def real_length(inst: Instance) -> int:
     return int(np.count_nonzero(inst.arrays["token_groups"] != masks.PAD))
 
 
+def full_shape(featurizer: Featurizer, phase: str) -> Shape:
+    """The static (K, T) every instance of a phase is built at: the largest shape."""
+    return featurizer.num_slots(phase), featurizer.seq_len(phase)
+
+
 def choose_slot_buckets(featurizer: Featurizer, phase: str, docs: Sequence[Document], num_buckets: int
                         ) -> tuple[int, ...]:
     """`num_buckets` slot counts for a phase chosen from the training documents (`lai_jax.data.slots`)."""
@@ -164,10 +168,10 @@ def choose_shapes(instances: Sequence[Instance], slot_buckets: Sequence[int], nu
     longest: dict[int, int] = {}
     full_lengths = []
     for inst in instances:
-        b = next(b for b in slot_buckets if len(inst.spans) <= b)
-        longest[b] = max(longest.get(b, 0), real_length(inst))
+        b, n = next(b for b in slot_buckets if len(inst.spans) <= b), real_length(inst)
+        longest[b] = max(longest.get(b, 0), n)
         if b == K:
-            full_lengths.append(real_length(inst))
+            full_lengths.append(n)
     shapes = {(b, min(T, round_up(max(n, 1)))) for b, n in longest.items() if b != K}
     extra = num_shapes - len(shapes) - 1
     if extra > 0 and full_lengths:
@@ -206,7 +210,7 @@ def plan_buckets(featurizer: Featurizer, phase: str, train_docs: Sequence[Docume
 
     `num_buckets` <= 1: one shape (K, T), candidates in consecutive chunks of K, as in the paper.
     """
-    full = (featurizer.num_slots(phase), featurizer.seq_len(phase))
+    full = full_shape(featurizer, phase)
     if num_buckets <= 1:
         return featurizer, make_instances(featurizer, phase, train_docs), (full,)
     featurizer = featurizer.with_slot_buckets(phase, choose_slot_buckets(featurizer, phase, train_docs, num_buckets))
@@ -224,7 +228,7 @@ def save_shapes(path: Path, featurizer: Featurizer, phase: str, shapes: Sequence
 def load_shapes(path: Path, featurizer: Featurizer, phase: str) -> tuple[Featurizer, tuple[Shape, ...]]:
     """The featurizer and shapes a run trained with; one full shape for runs saved before buckets existed."""
     if not path.exists():
-        return featurizer, ((featurizer.num_slots(phase), featurizer.seq_len(phase)),)
+        return featurizer, (full_shape(featurizer, phase),)
     saved = json.loads(path.read_text())
     return (featurizer.with_slot_buckets(phase, saved["slot_buckets"]),
             tuple((int(k), int(t)) for k, t in saved["shapes"]))

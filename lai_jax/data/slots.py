@@ -67,12 +67,17 @@ def split_slots(k: int, buckets: Sequence[int], overhead: int) -> list[int]:
 
 def total_tokens(demand: Iterable[tuple[int, int]], buckets: Sequence[int]) -> int:
     """Tokens (markers + overhead) of instances for every (k, overhead) window under `buckets`."""
-    return sum(n * _cost(_best_split(k, tuple(buckets), o), o) for (k, o), n in Counter(demand).items())
+    return _total(Counter(demand), tuple(buckets))
+
+
+def _total(counted: Counter, buckets: tuple[int, ...]) -> int:
+    return sum(n * _cost(_best_split(k, buckets, o), o) for (k, o), n in counted.items())
 
 
 def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_buckets: int) -> tuple[int, ...]:
-    """`num_buckets` slot counts (ascending multiples of 8, or of 4 for max_slots <= 32; the last = max_slots) with the fewest total tokens
-    for windows with (k slots, overhead tokens) each; one bucket, (max_slots,), when num_buckets <= 1."""
+    """`num_buckets` slot counts (ascending multiples of 8, or of 4 for max_slots <= 32; the last = max_slots)
+    with the fewest total tokens for windows with (k slots, overhead tokens) each; (max_slots,) when
+    num_buckets <= 1."""
     if num_buckets <= 1 or not demand:
         return (max_slots,)
     step = SLOT_MULTIPLE if max_slots > 32 else SLOT_MULTIPLE // 2
@@ -82,7 +87,7 @@ def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_b
     for r in range(1, min(num_buckets - 1, len(sizes)) + 1):
         for combo in itertools.combinations(sizes, r):
             buckets = (*combo, max_slots)
-            cost = sum(n * _cost(_best_split(k, buckets, o), o) for (k, o), n in counted.items())
+            cost = _total(counted, buckets)
             if best_cost is None or cost < best_cost:
                 best, best_cost = buckets, cost
     return best
