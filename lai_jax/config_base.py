@@ -174,6 +174,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re.re_decode = "both"
     # Probability threshold of a direction's decision.
     c.re.threshold = 0.5
+    # RE training on sampled subjects: each epoch, every subject instance with a gold relation and this
+    # fraction of the others, drawn anew and weighted by the inverse rate (the loss keeps its expectation).
+    # Evaluation always scores every subject. 1 = every subject (paper).
+    c.re.negative_subject_rate = 1.0
 
     c.eval = ml_collections.ConfigDict()
     # Symmetric relation types (labels.json "symmetric": true) in RE / RE+ scores: both (PL-Marker, so comparable

@@ -13,6 +13,7 @@ smallest that holds it: at most `num_buckets` compiles per phase and split, and 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -258,32 +259,60 @@ def load_shapes(path: Path, featurizer: Featurizer, phase: str) -> tuple[Featuri
 
 
 class TrainingSet:
-    """A run's training instances per epoch and the shapes their batches are cut to.
+    """A run's training instances per epoch, the shapes their batches are cut to, and their groups by shape.
 
-    With every candidate (the paper) the instances are built once. With `ner.train_negatives` > 0 each epoch
-    draws its own negatives from (seed, epoch) alone, so a resume rebuilds the same; the instances keep their
-    slots and tokens from epoch to epoch (`Featurizer.sampled_ner_instances`), so the batch plan is fixed.
+    With every candidate and subject (the paper) the instances are built once. Sampling draws anew each epoch
+    from (seed, epoch) alone, so a resume rebuilds the same epoch, and weights what it draws by the inverse
+    sampling rate (`cand_weight`), so the loss keeps its expectation:
+
+    * NER, `ner.train_negatives` > 0: every gold span of a window and that many of its other candidates
+      (`Featurizer.sampled_ner_instances`). An instance keeps its slots and tokens from epoch to epoch.
+    * RE, `re.negative_subject_rate` < 1: every subject instance with a gold relation, and that fraction of
+      the others, drawn within each batch shape.
+
+    Either way each shape holds the same number of instances every epoch (`groups`: index lists into
+    `epoch(e)`), so the batch plan and the step count are fixed.
     """
 
     def __init__(self, featurizer: Featurizer, phase: str, docs: Sequence[Document], instances: Sequence[Instance],
                  shapes: Sequence[Shape], config):
         self.negatives = config.ner.train_negatives if phase == "ner" else 0
-        self.seed, self.shapes, self._first = config.seed, tuple(shapes), list(instances)
+        self.subject_rate = config.re.negative_subject_rate if phase == "re" else 1.0
+        self.seed, self.shapes, self._featurizer = config.seed, tuple(shapes), featurizer
+        self._all = list(instances)
         if self.negatives > 0:
             self._windows = featurizer.ner_windows(docs)
-            self._featurizer = featurizer
-            self._first = self._draw(0)
-            self.shapes = length_shapes(self._first, max(config.num_buckets, 1)) if self._first else self.shapes
-        self._cache: dict[int, list[Instance]] = {0: self._first}
+            first = self._draw(0)
+            self.shapes = length_shapes(first, max(config.num_buckets, 1)) if first else self.shapes
+            self.groups = assign(first, self.shapes)
+        elif self.subject_rate < 1:
+            self._strata = [([i for i in g if _has_positive(self._all[i])], [i for i in g if not _has_positive(self._all[i])])
+                            for g in assign(self._all, self.shapes)]
+            sizes = [len(pos) + _kept(len(neg), self.subject_rate) for pos, neg in self._strata]
+            bounds = np.cumsum([0] + sizes)
+            self.groups = [list(range(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            first = self._draw(0)
+        else:
+            self.groups, first = assign(self._all, self.shapes), self._all
+        self._cache: dict[int, list[Instance]] = {0: first}
 
     def _draw(self, epoch: int) -> list[Instance]:
         rng = np.random.default_rng([self.seed, epoch, 0x5A3])  # apart from the batch order's stream
-        return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng)
+        if self.negatives > 0:
+            return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng)
+        out = []
+        for pos, neg in self._strata:
+            out += [self._all[i] for i in pos]
+            k = _kept(len(neg), self.subject_rate)
+            if k:
+                weight = len(neg) / k
+                out += [_reweighted(self._all[neg[j]], weight) for j in sorted(rng.choice(len(neg), k, replace=False))]
+        return out
 
     def epoch(self, epoch: int) -> list[Instance]:
         """Epoch `epoch`'s instances (the last two epochs' are kept: the prefetcher may straddle a boundary)."""
-        if self.negatives <= 0:
-            return self._first
+        if self.negatives <= 0 and self.subject_rate >= 1:
+            return self._all
         if epoch not in self._cache:
             self._cache = {e: v for e, v in self._cache.items() if e >= epoch - 1}
             self._cache[epoch] = self._draw(epoch)
@@ -291,7 +320,30 @@ class TrainingSet:
 
     @property
     def first(self) -> list[Instance]:
-        return self._first
+        return self.epoch(0)
+
+    @property
+    def sampling(self) -> str:
+        """How training samples, for the log ("" = every candidate and subject)."""
+        if self.negatives > 0:
+            return f"{self.negatives} sampled negatives per window and epoch"
+        if self.subject_rate < 1:
+            return f"{self.subject_rate:g} of the subjects without a relation per epoch"
+        return ""
+
+
+def _has_positive(inst: Instance) -> bool:
+    return bool(np.any(inst.arrays["labels"] > 0))
+
+
+def _kept(n: int, rate: float) -> int:
+    """How many of n instances a rate keeps: at least one of a non-empty stratum."""
+    return 0 if n == 0 else max(1, int(round(rate * n)))
+
+
+def _reweighted(inst: Instance, weight: float) -> Instance:
+    arrays = dict(inst.arrays, cand_weight=inst.arrays["cand_weight"] * np.float32(weight))
+    return dataclasses.replace(inst, arrays=arrays)
 
 
 def epoch_batches(groups: Sequence[Sequence[int]], batch_size: int, seed: int, epoch: int) -> list[tuple[int, list[int]]]:

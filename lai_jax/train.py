@@ -107,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps))
     global_batch = config.batch_size
-    groups = input_pipeline.assign(train_inst, train_shapes)
+    groups = training.groups
     steps_per_epoch = input_pipeline.num_batches(groups, global_batch)
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
@@ -117,8 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "x %d process(es) x %d accumulation step(s), batch shapes (slots, tokens) %s holding %s instances%s",
              len(train_inst), steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode,
              jax.process_count(), config.grad_accum_steps, list(train_shapes), [len(g) for g in groups],
-             f" ({training.negatives} sampled negatives per window and epoch; evaluation shapes {list(shapes)})"
-             if training.negatives else "")
+             f" ({training.sampling}; evaluation shapes {list(shapes)})" if training.sampling else "")
 
     sample = input_pipeline.stack(train_inst[:1])
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")

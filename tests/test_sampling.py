@@ -123,3 +123,33 @@ def test_evaluation_scores_every_candidate_whatever_the_training_sampling(tiny_b
         assert per_sent.keys() == sentences.keys()
         for key, spans in per_sent.items():
             assert sorted(spans) == enumerate_spans(len(sentences[key].words), config.max_span_len), (desc, key)
+
+
+def test_re_subject_sampling_keeps_related_subjects_and_the_expected_loss(tiny_bert):
+    """Every subject instance with a gold relation is kept each epoch; the others are drawn at the rate and
+    weighted by its inverse, each shape holds the same number of instances every epoch, and the weighted
+    loss sum (per-slot losses held fixed) matches the full sum in expectation (4 standard errors; as in the NER
+    test, unweighted draws miss by most of the unrelated subjects' share)."""
+    config = tiny_config("re", tiny_bert, **{"re.negative_subject_rate": 0.34, "data.train_limit": 40})
+    setup = build_lib.build(config)
+    train = input_pipeline.load_splits(config, setup.labels)["train"]
+    featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "re", train, config.num_buckets)
+    ts = input_pipeline.TrainingSet(featurizer, "re", train, inst, shapes, config)
+    key = lambda i: (i.doc, i.sent, i.subject, tuple(i.spans))  # noqa: E731
+    related = {key(i) for i in inst if (i.arrays["labels"] > 0).any()}
+    unrelated = [i for i in inst if key(i) not in related]
+    assert related and len(unrelated) >= 6
+    rng = np.random.default_rng(0)
+    loss = {key(i): rng.uniform(0, 1, i.arrays["cand_weight"].shape) for i in inst}
+    total = lambda insts: sum(float(np.sum(i.arrays["cand_weight"] * loss[key(i)])) for i in insts)  # noqa: E731
+    draws = []
+    for epoch in range(300):
+        e = ts.epoch(epoch)
+        assert input_pipeline.assign(e, ts.shapes) == ts.groups  # the same batch plan every epoch
+        assert related <= {key(i) for i in e}
+        assert len(e) < len(inst)  # the unrelated subjects really are sampled
+        draws.append(total(e))
+    draws = np.array(draws)
+    se = draws.std(ddof=1) / np.sqrt(len(draws))
+    assert se > 0 and abs(draws.mean() - total(inst)) <= 4 * se, (draws.mean(), total(inst), se)
+    assert ts.epoch(3) is not ts.epoch(2) and [key(i) for i in ts.epoch(2)] != [key(i) for i in ts.epoch(3)]
