@@ -268,7 +268,7 @@ class TrainingSet:
     * NER, `ner.train_negatives` > 0: every gold span of a window and that many of its other candidates
       (`Featurizer.sampled_ner_instances`). An instance keeps its slots and tokens from epoch to epoch.
     * RE, `re.negative_subject_rate` < 1: every subject instance with a gold relation, and that fraction of
-      the others, drawn within each batch shape.
+      the others, drawn within each batch shape (shapes by length, `length_shapes`).
 
     Either way each shape holds the same number of instances every epoch (`groups`: index lists into
     `epoch(e)`), so the batch plan and the step count are fixed.
@@ -286,6 +286,8 @@ class TrainingSet:
             self.shapes = length_shapes(first, max(config.num_buckets, 1)) if first else self.shapes
             self.groups = assign(first, self.shapes)
         elif self.subject_rate < 1:
+            # A subject's objects are few (K <= 32): shapes by length alone pad less than evaluation's slot buckets.
+            self.shapes = length_shapes(self._all, max(config.num_buckets, 1))
             self._strata = [([i for i in g if _has_positive(self._all[i])], [i for i in g if not _has_positive(self._all[i])])
                             for g in assign(self._all, self.shapes)]
             sizes = [len(pos) + _kept(len(neg), self.subject_rate) for pos, neg in self._strata]

@@ -65,6 +65,8 @@ def tiny_config(phase: str, encoder: str, **overrides):
     base = {"encoder": encoder, "data.train_limit": 24, "data.eval_limit": 12, "max_text_len": 24,
             "max_span_len": 3, "max_candidates": 24, "max_objects": 4, "batch_size": 4,
             "per_device_eval_batch_size": 8, "model.gcn_heads": 2, "model.dropout": 0.1, "log_every_steps": 1,
-            "num_epochs": 1}
+            "num_epochs": 1,
+            # The shapes and full enumeration the tests were written for (configs/quick.py now samples).
+            "num_buckets": 1, "ner.train_negatives": 0, "re.negative_subject_rate": 1.0, "cold_start_epochs": 1 if phase == "ner" else 0}
     base.update(overrides)
     return set_fields(c, **base)
