@@ -3,10 +3,10 @@
     python -m benchmarks.plan --config=configs/scierc.py:ner --encoder=random:bert-base --devices=8 [--tflops=400]
 
 The per-device train step (`lai_jax.steps.train_step`, as the runner's shard_map maps it) is lowered and
-compiled on this machine's first device for each batch shape of the run (`input_pipeline.plan_buckets` on the
-training split: the shapes and how many steps each gets per epoch) at the per-device micro-batch,
-batch_size / (devices x grad_accum_steps) rows. Nothing is placed or run: the state is `jax.eval_shape` of
-`init_state`. Printed per device:
+compiled on this machine's first device for each batch shape of the run (`input_pipeline.plan_buckets` and
+`TrainingSet` on the training split, as training does: the shapes and how many steps each gets per epoch) at
+the per-device micro-batch, batch_size / (devices x grad_accum_steps) rows. Nothing is placed or run: the state
+is `jax.eval_shape` of `init_state`. Printed per device:
 
 * memory: parameters and optimiser state (float32; exact), the batch, and XLA's temporaries of the largest
   shape (activations and scratch) for the compiled backend (on a CPU: XLA:CPU's buffer assignment with XLA's
@@ -119,8 +119,10 @@ def plan(config, devices: int, tflops: float) -> dict[str, Any]:
                                                      config.num_buckets)
     if not train_inst:
         _fail("the training split produced no instances")
-    groups = ip.assign(train_inst, shapes)
-    steps_per_shape = [-(-len(g) // config.batch_size) for g in groups]
+    # As train_and_evaluate: an epoch's instances (sampled negatives or subjects when configured), their shapes.
+    training = ip.TrainingSet(featurizer, config.phase, docs["train"], train_inst, shapes, config)
+    train_inst, shapes = training.first, training.shapes
+    steps_per_shape = [-(-len(g) // config.batch_size) for g in training.groups]
     steps_per_epoch = sum(steps_per_shape)
     sample = ip.stack(train_inst[:1])
     encoder_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), setup.encoder_params)
