@@ -167,11 +167,10 @@ def torch_epoch(config, setup, instances: Sequence, plan: Plan, host_params, thr
     import torch
 
     from benchmarks import torch_reference as tr
-    from lai_jax import pretrained
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    tmodel = tr.like_lai_jax(setup, pretrained.resolve_encoder_path(config.encoder), host_params, attn)
+    tmodel = tr.like_lai_jax(setup, host_params, attn)
     opt, sched = tr.make_optimizer(tmodel, config.optim, len(plan))
 
     def epoch():

@@ -10,7 +10,8 @@ One process, both frameworks, same weights, same batch:
 * JAX: the real ``lai_jax.steps.train_step`` (forward in train mode, ``ner_loss``, backward, global-norm
   clipping, AdamW through ``optax.multi_transform``) run by ``lai_jax.parallel.Runner`` on one device.
   The runner's step is compiled ahead of time (``Runner.compile_train``, timed as ``compile_s``) and that
-  executable is what the runner then dispatches, so the memory/FLOP analysis is of what was timed;
+  executable is what the runner then dispatches, so the memory/FLOP analysis is of what was timed. The batch is
+  moved to the device once (training's prefetch has it there before each step), so steps exclude that copy;
 * torch: ``benchmarks.torch_reference`` (``transformers.BertModel`` with its default ``sdpa`` attention, or
   ``--torch-attn eager``, + the head port) with the lai-jax parameters copied in and the JAX side's dropout
   probabilities, ``torch.optim.AdamW`` with the same groups, clipping and schedule; train mode (dropout)
@@ -138,6 +139,7 @@ def configure(args: argparse.Namespace, reexec: bool) -> tuple[int, bool]:
 @dataclasses.dataclass
 class JaxSide:
     step: Callable[[], None]  # one blocking train step on the fixed batch
+    run: Callable[[int], None]  # n steps dispatched back to back (as the train loop does), then one block
     compiled: Any  # the executable `step` dispatches
     compile_s: float
     host_params: Any  # a host copy of the initial params (what torch gets)
@@ -168,39 +170,52 @@ def build_jax(setup, host_batch: dict, rss: timing.RssSampler) -> JaxSide:
     compiled = runner.compile_train(state, host_batch, USE_GOLD)
     compile_s = round(time.perf_counter() - t0, 2)
     holder = {"state": state}
+    batch = runner.put_batch(host_batch)  # on the devices once, as prefetching leaves it before each step
 
-    def step() -> None:
-        holder["state"], m = runner.train(holder["state"], host_batch, USE_GOLD)
+    def run(n: int) -> None:
+        m = None
+        for _ in range(n):
+            holder["state"], m = runner.train(holder["state"], batch, USE_GOLD)
         jax.block_until_ready((holder["state"], m))
 
-    return JaxSide(step, compiled, compile_s, host_params, sum(x.nbytes for x in jax.tree.leaves(host_params)))
+    return JaxSide(lambda: run(1), run, compiled, compile_s, host_params,
+                   sum(x.nbytes for x in jax.tree.leaves(host_params)))
 
 
 @dataclasses.dataclass
 class TorchSide:
-    step: Callable[[], None]  # one train step of the reference on the same batch
+    step: Callable[[], None]  # one train step of the reference on the same batch (blocking)
+    run: Callable[[int], None]  # n steps, then one wait for the device
     model: Any
     opt: Any
     batch: dict  # the batch as torch tensors
 
 
-def build_torch(args: argparse.Namespace, config, setup, host_params, host_batch: dict, threads: int) -> TorchSide:
-    """`benchmarks.torch_reference` with the lai-jax parameters, its optimiser and a step closure."""
+def build_torch(config, setup, host_params, host_batch: dict, threads: int, attn: str = "sdpa",
+                device: Optional[str] = None, autocast: Optional[str] = None) -> TorchSide:
+    """`benchmarks.torch_reference` with the lai-jax parameters, its optimiser and step closures.
+
+    `device`: where the model and batch live (default: the CPU); `autocast`: "bfloat16" runs forward and loss
+    under torch.autocast (mixed precision, float32 weights).
+    """
     import torch
 
     from benchmarks import torch_reference as tr
-    from lai_jax import pretrained
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    tmodel = tr.like_lai_jax(setup, pretrained.resolve_encoder_path(config.encoder), host_params, args.torch_attn)
+    tmodel = tr.like_lai_jax(setup, host_params, attn, device=device)
     opt, sched = tr.make_optimizer(tmodel, config.optim, TOTAL_STEPS)
-    tb = tr.to_torch(host_batch)
+    tb = tr.to_torch(host_batch, device)
+    cast = getattr(torch, autocast) if autocast else None
+    wait = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
 
-    def step() -> None:
-        tr.train_step(tmodel, opt, sched, tb, USE_GOLD, config.optim.grad_clip)
+    def run(n: int) -> None:
+        for _ in range(n):
+            tr.train_step(tmodel, opt, sched, tb, USE_GOLD, config.optim.grad_clip, autocast=cast)
+        wait()
 
-    return TorchSide(step, tmodel, opt, tb)
+    return TorchSide(lambda: run(1), run, tmodel, opt, tb)
 
 
 def warm(step: Callable[[], None], n: int, rss: timing.RssSampler, phase: str, trim: bool = False) -> None:
@@ -350,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch_side = None
     if not args.no_torch:
         rss.start("torch")
-        torch_side = build_torch(args, config, setup, jax_side.host_params, host_batch, threads)
+        torch_side = build_torch(config, setup, jax_side.host_params, host_batch, threads, args.torch_attn)
         warm(torch_side.step, args.warmup, rss, "torch")
         steps["torch"] = torch_side.step
     times, usage = time_alternating(steps, args.rounds, args.steps, rss)

@@ -2,9 +2,12 @@
 
     tmodel = TorchLAINet.from_pretrained(encoder_path, head)   # transformers.BertModel, eager attention
     copy_flax_params(tmodel, state.params)                     # same weights as the lai-jax model
-    # or both at once, with the lai-jax model's dropout rates: like_lai_jax(setup, encoder_path, state.params)
+    # or both at once, with the lai-jax model's sizes and dropout rates: like_lai_jax(setup, state.params)
     out = tmodel(to_torch(batch))                              # {"logits", "filter_logits"}
     sums, counts = ner_loss(out, tb, use_gold_filter=True)
+
+On a GPU: `like_lai_jax(..., device="cuda")`, `to_torch(batch, "cuda")` and `train_step(..., autocast=torch.bfloat16)`
+(mixed precision as torch users train: float32 weights, bf16 matmuls and attention).
 
 Every piece mirrors its lai-jax counterpart operation for operation, so that both frameworks do the
 same work and compute the same function (checked by tests/test_bench.py):
@@ -41,30 +44,54 @@ _INT_FIELDS = ("input_ids", "position_ids", "token_type_ids", "token_groups", "m
                "anno_end", "cand_marker_start", "cand_marker_end", "cand_text_start", "cand_text_end", "labels")
 
 
-def to_torch(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """A lai-jax host batch (numpy) -> torch tensors (indices as int64, masks bool, weights float32)."""
+def to_torch(batch: Mapping[str, np.ndarray], device: Any = None) -> dict[str, torch.Tensor]:
+    """A lai-jax host batch (numpy) -> torch tensors on `device` (indices as int64, masks bool, weights float32)."""
     out = {}
     for k, v in batch.items():
         v = np.asarray(v)
         if k in _INT_FIELDS:
-            out[k] = torch.from_numpy(v.astype(np.int64))
+            t = torch.from_numpy(v.astype(np.int64))
         elif v.dtype == bool:
-            out[k] = torch.from_numpy(v.copy())
+            t = torch.from_numpy(v.copy())
         else:
-            out[k] = torch.from_numpy(v.astype(np.float32))
+            t = torch.from_numpy(v.astype(np.float32))
+        out[k] = t if device is None else t.to(device)
     return out
 
 
-def additive_mask(token_groups: torch.Tensor, marker_partner: torch.Tensor, visibility: Any,
-                  partner_only: bool) -> torch.Tensor:
-    """[B, 1, T, T] float32: 0 where the query row sees the key column, finfo(float32).min elsewhere.
+class _TorchOn:
+    """torch as `masks.attention_mask`'s array namespace, creating its arrays on `device` (the batch's)."""
 
-    The boolean [B, T, T] mask is `lai_jax.data.masks.attention_mask` itself, evaluated with torch.
+    where = staticmethod(torch.where)
+
+    def __init__(self, device: Any):
+        self.device = device
+
+    def asarray(self, x: Any) -> torch.Tensor:
+        return torch.as_tensor(x, device=self.device)
+
+    def arange(self, n: int) -> torch.Tensor:
+        return torch.arange(n, device=self.device)
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype autocast computes in on `device`, float32 outside autocast."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return torch.float32
+
+
+def additive_mask(token_groups: torch.Tensor, marker_partner: torch.Tensor, visibility: Any,
+                  partner_only: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, 1, T, T] `dtype`: 0 where the query row sees the key column, finfo(dtype).min elsewhere.
+
+    The boolean [B, T, T] mask is `lai_jax.data.masks.attention_mask` itself, evaluated with torch on the
+    batch's device. Under autocast the mask takes the attention's dtype (SDPA's fused kernels want them equal).
     """
-    table = torch.as_tensor(np.asarray(visibility, bool))
-    seen = masks.attention_mask(token_groups.long(), marker_partner.long(), table, partner_only, xp=torch)
-    neg = torch.finfo(torch.float32).min
-    return torch.zeros(seen.shape, dtype=torch.float32).masked_fill(~seen, neg)[:, None]
+    xp = _TorchOn(token_groups.device)
+    seen = masks.attention_mask(token_groups.long(), marker_partner.long(), np.asarray(visibility, bool),
+                                partner_only, xp=xp)
+    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)[:, None]
 
 
 def gather_tokens(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -210,7 +237,9 @@ class TorchLAINet(nn.Module):
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Last hidden states [B, T, d] under the partial attention mask."""
         head = self.head
-        mask = additive_mask(batch["token_groups"], batch["marker_partner"], head.visibility, head.partner_only)
+        groups = batch["token_groups"]
+        mask = additive_mask(groups, batch["marker_partner"], head.visibility, head.partner_only,
+                             _compute_dtype(groups.device))
         return self.bert(input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch["token_type_ids"],
                          position_ids=batch["position_ids"]).last_hidden_state
 
@@ -223,7 +252,8 @@ class TorchLAINet(nn.Module):
             anno = self.anno_proj(torch.cat([gather_tokens(h, batch["anno_start"]),
                                              gather_tokens(h, batch["anno_end"])], dim=-1))
             nodes = torch.cat([cand, anno], dim=1)
-            node_mask = torch.cat([batch["cand_mask"], torch.ones(anno.shape[:2], dtype=torch.bool)], dim=1)
+            node_mask = torch.cat([batch["cand_mask"], torch.ones(anno.shape[:2], dtype=torch.bool,
+                                                                  device=anno.device)], dim=1)
             g = self.g4cn(nodes, node_mask)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
         out = {"logits": self.classifier(cand)}
@@ -232,19 +262,22 @@ class TorchLAINet(nn.Module):
         return out
 
 
-def like_lai_jax(setup: Any, encoder_path: str, params: Mapping[str, Any], attn_implementation: str = "sdpa"
+def like_lai_jax(setup: Any, params: Mapping[str, Any], attn_implementation: str = "sdpa", device: Any = None
                  ) -> TorchLAINet:
-    """The torch twin of `setup.model` (a `lai_jax.build.Setup`'s NER LAINet) holding `params`, in train mode.
+    """The torch twin of `setup.model` (a `lai_jax.build.Setup`'s NER LAINet) holding `params`, in train mode,
+    on `device`.
 
-    Same number of encoder layers and the same dropout probabilities as the lai-jax encoder config.
+    The BertModel is built from the lai-jax encoder config (sizes, dropout probabilities; every weight is then
+    copied from `params`), so any encoder lai-jax runs, `random:` ones included, has a twin.
     """
-    bert = setup.model.bert
-    tmodel = TorchLAINet.from_pretrained(encoder_path, setup.head, num_hidden_layers=bert.num_hidden_layers,
-                                         attn_implementation=attn_implementation,
-                                         hidden_dropout_prob=bert.hidden_dropout_prob,
-                                         attention_probs_dropout_prob=bert.attention_probs_dropout_prob)
+    from lai_jax.hf_import import hf_config_dict
+    from transformers import BertConfig, BertModel
+
+    fields = {k: v for k, v in hf_config_dict(setup.model.bert).items() if k not in ("model_type", "architectures")}
+    config = BertConfig(**fields, attn_implementation=attn_implementation)
+    tmodel = TorchLAINet(BertModel(config, add_pooling_layer=False), setup.head)
     copy_flax_params(tmodel, params)
-    return tmodel.train()
+    return tmodel.to(device).train() if device is not None else tmodel.train()
 
 
 # -------------------------------------------------------------------------------------------- loss
@@ -366,10 +399,16 @@ def make_optimizer(tmodel: TorchLAINet, optim_cfg: Any, total_steps: int, fused:
 
 
 def train_step(tmodel: TorchLAINet, opt: torch.optim.Optimizer, sched: Any, batch: Mapping[str, torch.Tensor],
-               use_gold_filter: bool, grad_clip: float = 1.0) -> dict[str, float]:
-    """Forward, loss, backward, global-norm clipping, AdamW update (the torch side of the benchmark)."""
+               use_gold_filter: bool, grad_clip: float = 1.0, autocast: Optional[torch.dtype] = None
+               ) -> dict[str, float]:
+    """Forward, loss, backward, global-norm clipping, AdamW update (the torch side of the benchmark).
+
+    `autocast`: run forward and loss under `torch.autocast` in that dtype (float32 weights and gradients).
+    """
     opt.zero_grad(set_to_none=True)
-    loss, _ = ner_objective(tmodel(batch), batch, use_gold_filter)
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        loss, _ = ner_objective(tmodel(batch), batch, use_gold_filter)
     loss.backward()
     if grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(tmodel.parameters(), grad_clip)

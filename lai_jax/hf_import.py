@@ -91,6 +91,11 @@ def _hf_names(config: BertConfig) -> Iterator[_Leaf]:
             yield _Leaf(root + ("bias",), hf + ".bias", (n_out,), False)
 
 
+def param_leaves(config: BertConfig) -> Iterator[_Leaf]:
+    """Every parameter of `BertEncoder(config)`: its flax path, HF key and flax shape."""
+    return _hf_names(config)
+
+
 def _normalise_key(key: str) -> str:
     """Strips the `bert.` prefix and renames TF-era LayerNorm `gamma`/`beta`."""
     if key.startswith("bert."):

@@ -40,10 +40,14 @@ def labels_path(config) -> Path:
 
 
 def load_docs(config, split: str, labels: LabelSet) -> list[Document]:
-    """One split as documents: bundled/ACE05 through the tfds builders, anything else through the readers."""
-    from lai_jax.data import readers, tfds_builders
+    """One split as documents: bundled/ACE05 through the tfds builders, anything else through the readers.
+
+    tensorflow_datasets is imported only on the tfds path: with `data.use_tfds=False` it need not be installed.
+    """
+    from lai_jax.data import readers
     ds = config.dataset
     if config.data.use_tfds and (ds in BUNDLED and not config.data.dir or ds == "ace05"):
+        from lai_jax.data import tfds_builders
         return tfds_builders.load_split(ds, split, data_dir=config.data.tfds_dir or None, fold=config.data.fold,
                                         manual_dir=config.data.dir or None, labels_path=labels_path(config))
     root = Path(config.data.dir) if config.data.dir else DATA_ROOT / ds

@@ -13,7 +13,7 @@ from lai_jax.build import feature_config
 from lai_jax.data import features
 from lai_jax.data.documents import Document
 from lai_jax.data.labels import LabelSet, load_labels, pair_labels
-from lai_jax.pretrained import EncoderNotFoundError, load_tokenizer, resolve_encoder_path
+from lai_jax.pretrained import EncoderNotFoundError, load_tokenizer, resolve_encoder_path, tokenizer_path
 
 SPLITS = ("train", "dev", "test")
 Span = tuple[int, int]
@@ -48,7 +48,7 @@ def canonical_split(config, split: str) -> str:
 def _tokenizer(encoder: str):
     """The encoder's tokenizer; offline without the named model, the packaged one's (with a warning)."""
     try:
-        path = resolve_encoder_path(encoder)
+        path = tokenizer_path(encoder)
     except EncoderNotFoundError as e:
         logging.getLogger("lai_jax").warning(
             "%s. Showing the packaged MiniLM-L6 tokenizer (BERT uncased vocabulary) instead: wordpieces, "

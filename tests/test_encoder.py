@@ -404,6 +404,26 @@ def test_resolve_encoder_path(tmp_path, monkeypatch):
         pretrained.resolve_encoder_path("no-such-org/no-such-bert")
 
 
+def test_random_encoder_spec():
+    """random:<size> is that size of BERT with the packaged vocabulary and tokenizer, HF-initialised, no files."""
+    enc, params, tok = pretrained.load("random:tiny", dtype=jnp.bfloat16)
+    cfg = enc.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (32, 2, 2, 64)
+    assert cfg.vocab_size == len(tok) == 30522 and cfg.dtype == jnp.bfloat16
+    assert tok("Hello world")["input_ids"] == pretrained.load_tokenizer("default")("Hello world")["input_ids"]
+    kernel = params["layer_0"]["query"]["kernel"]
+    assert kernel.shape == (32, 32) and abs(float(kernel.std()) - 0.02) < 0.005
+    assert (params["layer_1"]["output_LayerNorm"]["scale"] == 1).all()
+    assert (params["embeddings"]["LayerNorm"]["bias"] == 0).all()
+    base = pretrained.random_config("random:bert-base")
+    assert (base.hidden_size, base.num_hidden_layers, base.num_attention_heads, base.intermediate_size) == (
+        768, 12, 12, 3072)
+    with pytest.raises(ValueError, match="unknown random size 'huge'.*random:bert-base"):
+        pretrained.random_config("random:huge")
+    with pytest.raises(ValueError, match="no weights folder"):
+        pretrained.resolve_encoder_path("random:bert-base")
+
+
 def test_tokenizer_is_fast(packaged):
     import transformers
 
