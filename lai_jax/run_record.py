@@ -74,7 +74,8 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
 
 def start_entry(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """This start of a run: command line, folder, time, code version and package versions."""
-    return {"command": list(sys.argv if argv is None else argv), "cwd": os.getcwd(),
+    # orig_argv: the interpreter and "-m lai_jax.main" as typed, where sys.argv[0] would be main.py's path.
+    return {"command": list(getattr(sys, "orig_argv", sys.argv) if argv is None else argv), "cwd": os.getcwd(),
             "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "host": platform.node(), "processes": jax.process_count(), "python": platform.python_version(),
             **git_commit(), "packages": package_versions()}
@@ -100,6 +101,8 @@ def attach_log(workdir: str | Path) -> None:
     handler = _RunLog(Path(workdir) / LOG_FILE, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:  # called without `cli.setup_logging` (a notebook, a test)
+        logger.setLevel(logging.INFO)
 
 
 def record_start(workdir: str | Path, argv: Optional[Sequence[str]] = None) -> None:
