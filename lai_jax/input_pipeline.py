@@ -36,7 +36,13 @@ BUNDLED = ("scierc", "ade", "conll04")
 # --------------------------------------------------------------------------------------------- reading
 def labels_path(config) -> Path:
     """The config's label annotation file (default: the bundled one of its dataset)."""
-    return Path(config.data.labels) if config.data.labels else DATA_ROOT / config.dataset / "labels.json"
+    if config.data.labels:
+        return Path(config.data.labels)
+    path = DATA_ROOT / config.dataset / "labels.json"
+    if not path.exists() and config.dataset not in BUNDLED:
+        raise ValueError(f"dataset {config.dataset!r} has no bundled label file ({path}): pass your own as "
+                         f"--config.data.labels=/path/to/labels.json (README: \"Training on your own data\")")
+    return path
 
 
 def load_docs(config, split: str, labels: LabelSet) -> list[Document]:

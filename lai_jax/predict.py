@@ -41,6 +41,12 @@ dropped and decoding is the one of an ordinary sentence. An entity pair is class
 entity's that holds both; a pair whose words from one entity to the other exceed ``max_text_len`` gets no
 relation. A single word with more wordpieces than the budget (a long URL or hash) is shown to the model
 by its first ``max_text_len`` wordpieces; the output keeps the whole word.
+
+Several sentences in one document: the model sees them as it was trained. A run trained on single-sentence
+documents (CoNLL04, ADE) gets each sentence alone, so a line of several sentences gives the same entities
+and relations as the same sentences one per line; a run trained on multi-sentence documents (SciERC) gets
+each sentence in the context of its neighbours (:mod:`lai_jax.extractor`, which this command is a thin
+layer over; ``from lai_jax import Extractor`` is the same in Python).
 """
 from __future__ import annotations
 
@@ -49,114 +55,28 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from lai_jax import evaluation
-from lai_jax.config_base import load_run_config
-from lai_jax.evaluate import restore_run
-from lai_jax.data.documents import DataError, Entity
+from lai_jax.data.documents import DataError
+from lai_jax.extractor import Extractor, check_workdir, document_json
 from lai_jax.predict_input import FORMATS, InputDoc, PredictError, read_input
+
+__all__ = ["predict_documents", "document_json", "run", "main"]
 
 log = logging.getLogger("lai_jax")
 
-# (start, end inclusive, type, score) and (head span, tail span, type, score), sentence-level words.
-EntityPred = tuple[int, int, str, float]
-RelationPred = tuple[tuple[int, int], tuple[int, int], str, float]
-
-
-# ----------------------------------------------------------------------------------------------- output
-def _round(x: float) -> float:
-    return round(float(x), 6)
-
-
-def document_json(inp: InputDoc, entities: list[list[EntityPred]],
-                  relations: Optional[list[list[RelationPred]]] = None) -> dict:
-    """The output object of one document (see the module docstring)."""
-    doc = inp.doc
-    ents_out: list[dict] = []
-    where: dict[tuple[int, tuple[int, int]], int] = {}
-    for s, sent in enumerate(doc.sentences):
-        for a, b, t, score in sorted(entities[s], key=lambda e: (e[0], e[1], e[2])):
-            item: dict[str, Any] = {"sentence": s, "start": a, "end": b, "type": t, "score": _round(score)}
-            if doc.text is not None and sent.char_spans is not None:
-                cs, ce = sent.char_spans[a][0], sent.char_spans[b][1]
-                item.update(char_start=cs, char_end=ce, text=doc.text[cs:ce])
-            else:
-                item["text"] = " ".join(sent.words[a:b + 1])
-            where[(s, (a, b))] = len(ents_out)
-            ents_out.append(item)
-    out: dict[str, Any] = dict(inp.key)
-    out["tokens"] = [list(s.words) for s in doc.sentences]
-    out["entities"] = ents_out
-    if relations is not None:
-        out["relations"] = [{"sentence": s, "head": where[(s, tuple(h))], "tail": where[(s, tuple(t))],
-                             "type": r, "score": _round(score)}
-                            for s in range(len(doc.sentences)) for h, t, r, score in relations[s]]
-    return out
-
 
 # ---------------------------------------------------------------------------------------------- running
-def check_workdir(workdir: str, phase: str):
-    """The run's config, after checking it is a `phase` workdir with a checkpoint."""
-    try:
-        config = load_run_config(workdir)
-    except FileNotFoundError as e:
-        raise PredictError(str(e)) from None
-    if config.phase != phase:
-        flag = "--ner" if phase == "ner" else "--re"
-        raise PredictError(f"{flag}={workdir} is an {config.phase.upper()} run (config.json phase "
-                           f"{config.phase!r}); {flag} needs an {phase.upper()} workdir")
-    from lai_jax.checkpoints import has_checkpoint
-    if not has_checkpoint(Path(workdir) / "checkpoints"):
-        raise PredictError(f"{workdir} has no checkpoint: has the {phase.upper()} run saved one?")
-    return config
-
-
-def _restore(workdir: str, batch_size: Optional[int]):
-    try:
-        setup, runner, state = restore_run(workdir)
-    except FileNotFoundError as e:
-        raise PredictError(f"{workdir}: {e}") from None
-    if batch_size:
-        setup.config.per_device_eval_batch_size = int(batch_size)
-    return setup, runner, state
-
-
 def predict_documents(inputs: Sequence[InputDoc], ner_workdir: str, re_workdir: Optional[str] = None,
                       batch_size: Optional[int] = None) -> list[dict]:
-    """Run NER (and RE) on the documents; one output object per input document, in order."""
+    """Run NER (and RE) on the documents; one output object per input document, in order (`Extractor`)."""
     check_workdir(ner_workdir, "ner")
-    re_config = check_workdir(re_workdir, "re") if re_workdir else None
-    docs = [inp.doc for inp in inputs]
-    entities: list[list[list[EntityPred]]] = [[[] for _ in d.sentences] for d in docs]
-    relations = [[[] for _ in d.sentences] for d in docs] if re_config is not None else None
-    if not any(s.words for d in docs for s in d.sentences):
-        return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
-
-    setup, runner, state = _restore(ner_workdir, batch_size)
-    instances, stats = setup.featurizer.ner_instances(docs, with_labels=False)
-    log.info("NER: %d documents, %d sentences (%d split into windows of <= %d wordpieces), %d instances",
-             len(docs), stats["sentences"], stats["windowed"], setup.config.max_text_len, len(instances))
-    if stats["long_words"]:
-        log.info("NER: %d words longer than %d wordpieces are shown by their first %d", stats["long_words"],
-                 setup.config.max_text_len, setup.config.max_text_len)
-    probs = evaluation.forward(runner, state, setup, instances, "ner")
-    entities = [[[(e.start, e.end, e.type, float(e.score)) for e in sent.entities] for sent in doc.sentences]
-                for doc in evaluation.decode_documents(setup, docs, instances, probs)]
-    del setup, runner, state, instances, probs
-    log.info("NER: %d entities", sum(len(e) for d in entities for e in d))
-
-    if re_config is not None and any(e for sents in entities for e in sents):
-        setup, runner, state = _restore(re_workdir, batch_size)
-        found = [[[Entity(a, b, t, score) for a, b, t, score in sent] for sent in doc] for doc in entities]
-        instances = setup.featurizer.re_instances(docs, found)
-        log.info("RE: %d instances", len(instances))
-        probs = evaluation.forward(runner, state, setup, instances, "re") if instances else []
-        decoded = evaluation.decode_documents(setup, docs, instances, probs, found)
-        relations = [[[(tuple(r.head), tuple(r.tail), r.type, float(r.score)) for r in sent.relations]
-                      for sent in doc.sentences] for doc in decoded]
-        log.info("RE: %d relations", sum(len(r) for d in relations for r in d))
-    return [document_json(inp, e, r) for inp, e, r in zip(inputs, entities, relations or [None] * len(docs))]
+    if re_workdir:
+        check_workdir(re_workdir, "re")
+    if not any(s.words for inp in inputs for s in inp.doc.sentences):  # nothing to predict: no model is loaded
+        return [document_json(inp, [[] for _ in inp.doc.sentences], [[] for _ in inp.doc.sentences]
+                              if re_workdir else None) for inp in inputs]
+    return Extractor.load(ner_workdir, re_workdir or None, batch_size).predict_inputs(inputs)
 
 
 def check_output(path: str) -> None:

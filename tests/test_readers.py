@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -526,3 +527,18 @@ def test_bom_and_crlf_files_load(tmp_path):
            "relations": {"WORK": {"annotation": "works for", "symmetric": False},
                          "SOC": {"annotation": "social", "symmetric": True}}}
     assert load_labels(_bom_crlf(tmp_path, "labels.json", json.dumps(obj, indent=2))) == LABELS
+
+
+def test_pure_scores_are_read_back():
+    """Predictions files carry ner_scores / relation_scores: reading one back (RE's entities_from) keeps them."""
+    obj = {"doc_key": "d", "sentences": [["Ann", "met", "Bob"], ["Ulm"]],
+           "ner": [[[0, 0, "Peop"], [2, 2, "Peop"]], [[3, 3, "Loc"]]], "relations": [[[0, 0, 2, 2, "Kill"]], []],
+           "ner_scores": [[0.9, 0.25], [None]], "relation_scores": [[0.5], []]}
+    doc = document_from_pure(obj)
+    assert [e.score for s in doc.sentences for e in s.entities] == [0.9, 0.25, None]
+    assert doc.sentences[0].relations[0].score == 0.5
+    assert doc.to_pure()["ner_scores"] == obj["ner_scores"]
+    for bad, field in (({"ner_scores": [[0.9], [None]]}, "'ner_scores'"), ({"ner_scores": [[0.9, "x"], [1]]},
+                                                                              "'ner_scores[0][1]'")):
+        with pytest.raises(DataError, match=re.escape(field)):
+            document_from_pure({**obj, **bad})

@@ -85,6 +85,23 @@ def _words(tokens: Any, src: PathLike, where: str, field: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- PURE
 
+def _scores(obj: dict, key: str, items: list, src: PathLike, where: str) -> list[list[Optional[float]]]:
+    """Optional per-item scores (predictions files: "ner_scores" / "relation_scores", parallel to `items`)."""
+    if key not in obj:
+        return [[None] * len(sent) if isinstance(sent, list) else [] for sent in items]
+    value = obj[key]
+    shape_ok = isinstance(value, list) and len(value) == len(items) and all(
+        isinstance(v, list) and isinstance(it, list) and len(v) == len(it) for v, it in zip(value, items))
+    if not shape_ok:
+        base = {"ner_scores": "ner", "relation_scores": "relations"}[key]
+        raise DataError(src, where, key, f"expected one list of scores per sentence, parallel to '{base}'")
+    for i, sent in enumerate(value):
+        for j, x in enumerate(sent):
+            if x is not None and (not isinstance(x, (int, float)) or isinstance(x, bool)):
+                raise DataError(src, where, f"{key}[{i}][{j}]", f"expected a number or null, got {_short(x)}")
+    return [[None if x is None else float(x) for x in sent] for sent in value]
+
+
 def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: PathLike = "<memory>",
                        where: str = "document", require_annotations: bool = True) -> Document:
     """Convert one PURE/DyGIE JSON object (document-level, inclusive offsets) into a Document.
@@ -111,6 +128,8 @@ def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: P
         return value
 
     ner, rels = per_sentence("ner"), per_sentence("relations")
+    ner_scores = _scores(obj, "ner_scores", ner, source, where)
+    rel_scores = _scores(obj, "relation_scores", rels, source, where)
 
     words_all = [_words(s, source, where, f"sentences[{i}]") for i, s in enumerate(sentences)]
     starts = [0]
@@ -142,7 +161,7 @@ def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: P
                 raise DataError(source, where, field,
                                 f"entity [{s}, {e}] {what}: sentence {i} covers words [{lo}, {hi}]")
             _check_type("entity", t, labels, source, where, field)
-            entities.append(Entity(s - lo, e - lo, t))
+            entities.append(Entity(s - lo, e - lo, t, ner_scores[i][j]))
         spans = {ent.span for ent in entities}
         relations: list[Relation] = []
         for j, item in enumerate(rels[i]):
@@ -155,7 +174,7 @@ def document_from_pure(obj: Any, labels: Optional[LabelSet] = None, *, source: P
                     raise DataError(source, where, field,
                                     f"{role} {raw} is not an annotated entity of sentence {i} (see ner[{i}])")
             _check_type("relation", item[4], labels, source, where, field)
-            relations.append(Relation(head, tail, item[4]))
+            relations.append(Relation(head, tail, item[4], rel_scores[i][j]))
         out.append(Sentence(words=words, entities=entities, relations=relations))
     return Document(doc_key=doc_key, sentences=out)
 
