@@ -24,7 +24,7 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
@@ -221,7 +221,7 @@ def define_flags() -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     _quiet_libraries()
     config = with_phase(FLAGS.config, FLAGS.phase)
     try:

@@ -67,7 +67,7 @@ def check_prediction_settings(paths: Sequence[Path]) -> None:
         side = settings_path(path)
         if not side.exists():
             log.warning("%s has no %s (written before settings were recorded): cannot check that it was decoded "
-                        "like %s; rewrite it with `python -m lai_jax.evaluate`", path, side.name,
+                        "like %s; rewrite it with `python -m lai_jax.evaluate --write`", path, side.name,
                         " and ".join(str(p) for p in paths if Path(p) != path))
             continue
         known.append((path, json.loads(side.read_text(encoding="utf-8"))))
@@ -78,6 +78,6 @@ def check_prediction_settings(paths: Sequence[Path]) -> None:
             detail = "; ".join(f"{k}: {ref.get(k, '<unset>')!r} in {first.name}, {settings.get(k, '<unset>')!r} in "
                                f"{path.name}" for k in diff)
             raise UserError(f"{first} and {path} were written with different settings ({detail}), so dev and "
-                             f"test would be scored on entities decoded differently. Rewrite both with the same "
-                             f"settings: python -m lai_jax.evaluate --workdir={first.parent.parent} --split=<split> "
-                             f"[--set=FIELD=VALUE ...] for each split.")
+                            f"test would be scored on entities decoded differently. Rewrite both with the same "
+                            f"settings: python -m lai_jax.evaluate --workdir={first.parent.parent} --split=<split> "
+                            f"[--set=FIELD=VALUE ...] --write for each split.")

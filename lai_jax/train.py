@@ -42,7 +42,7 @@ def ner_encoder_params(config) -> dict:
     setup, runner, state = evaluate.restore_run(config.re.entities_from)
     if setup.config.encoder != config.encoder:
         raise UserError(f"re.init_from_ner: the NER run {config.re.entities_from} used encoder "
-                         f"{setup.config.encoder!r}, this run {config.encoder!r}")
+                        f"{setup.config.encoder!r}, this run {config.encoder!r}")
     log.info("RE encoder starts from the NER run's best checkpoint (%s)", config.re.entities_from)
     return runner.get_state(state).params["encoder"]
 
@@ -70,8 +70,8 @@ def per_device_batch(config, local_devices: int, processes: int = 1) -> int:
     split = processes * local_devices * config.grad_accum_steps
     if config.batch_size < 1 or config.grad_accum_steps < 1 or config.batch_size % split:
         raise UserError(f"batch_size={config.batch_size} must be a positive multiple of processes ({processes}) x "
-                         f"local devices ({local_devices}) x grad_accum_steps ({config.grad_accum_steps}) = {split}; "
-                         f"change --config.batch_size or --config.grad_accum_steps")
+                        f"local devices ({local_devices}) x grad_accum_steps ({config.grad_accum_steps}) = {split}; "
+                        f"change --config.batch_size or --config.grad_accum_steps")
     return config.batch_size // split
 
 
