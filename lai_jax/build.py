@@ -64,6 +64,7 @@ RANGES = {
     "debug_kill_after_step": _at_least(0),
     "data.fold": _at_least(0), "data.train_limit": _at_least(0), "data.eval_limit": _at_least(0),
     "data.dev_holdout": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "ner.train_negatives": _at_least(0), "re.negative_subject_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "ner.filter_threshold": _PROBABILITY, "re.threshold": _PROBABILITY, "model.filter_gate_threshold": _PROBABILITY,
     "model.dropout": _RATE, "model.encoder_dropout": _RATE_OR_KEEP, "model.attention_dropout": _RATE_OR_KEEP,
     "model.gcn_layers": _at_least(0), "model.gcn_sublayers": _at_least(1), "model.gcn_heads": _at_least(1),

@@ -158,6 +158,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.ner = ml_collections.ConfigDict()
     # Entity filter probability threshold at decoding.
     c.ner.filter_threshold = 0.5
+    # NER training on sampled candidates: each epoch, every gold span of a window and this many of its other
+    # candidates, drawn anew, each weighted by its inverse sampling rate so the loss keeps its expectation
+    # (SpERT samples 100 per sentence). Evaluation always scores every candidate. 0 = every candidate (paper).
+    c.ner.train_negatives = 0
     # Overlapping predicted entities: plmarker (PL-Marker's evaluation: of overlapping spans with the same type
     # the higher-scoring one is kept; nested/overlapping spans of different types are all kept) | flat (greedy,
     # no overlaps at all, whatever the types) | none (keep everything). Replaces the old boolean ner.flat_ner.
@@ -174,6 +178,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re.re_decode = "both"
     # Probability threshold of a direction's decision.
     c.re.threshold = 0.5
+    # RE training on sampled subjects: each epoch, every subject instance with a gold relation and this
+    # fraction of the others, drawn anew and weighted by the inverse rate (the loss keeps its expectation).
+    # Evaluation always scores every subject. 1 = every subject (paper).
+    c.re.negative_subject_rate = 1.0
 
     c.eval = ml_collections.ConfigDict()
     # Symmetric relation types (labels.json "symmetric": true) in RE / RE+ scores: both (PL-Marker, so comparable

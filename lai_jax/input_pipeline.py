@@ -13,6 +13,8 @@ smallest that holds it: at most `num_buckets` compiles per phase and split, and 
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import queue
@@ -134,7 +136,8 @@ def stack(instances: Sequence[Instance], size: Optional[int] = None, like: Optio
 # Arrays with one entry per token, and with one entry per candidate (NER) or object (RE) slot: what a
 # bucket's shape cuts.
 TOKEN_ARRAYS = ("input_ids", "position_ids", "token_type_ids", "token_groups", "marker_partner")
-SLOT_ARRAYS = ("cand_marker_start", "cand_marker_end", "cand_mask", "cand_text_start", "cand_text_end", "labels")
+SLOT_ARRAYS = ("cand_marker_start", "cand_marker_end", "cand_mask", "cand_weight", "cand_text_start", "cand_text_end",
+               "labels")
 
 Shape = tuple[int, int]  # (slots K_b, tokens T_b) of one bucket
 
@@ -219,10 +222,31 @@ def plan_buckets(featurizer: Featurizer, phase: str, train_docs: Sequence[Docume
     return featurizer, instances, shapes
 
 
-def save_shapes(path: Path, featurizer: Featurizer, phase: str, shapes: Sequence[Shape]) -> None:
-    """What evaluating a run later needs to build and batch instances as training did (`load_shapes`)."""
-    path.write_text(json.dumps({"phase": phase, "slot_buckets": list(featurizer.slot_buckets(phase)),
-                                "shapes": [list(s) for s in shapes]}, indent=2))
+def length_shapes(instances: Sequence[Instance], num_shapes: int) -> tuple[Shape, ...]:
+    """`num_shapes` shapes for instances of similar slot counts (sampled training instances): all with the
+    largest slot count (rounded up to 8), token lengths (multiples of 8) chosen to pad the fewest tokens."""
+    K = round_up(max(len(inst.spans) for inst in instances))
+    counts = np.bincount([round_up(max(real_length(inst), 1)) // 8 for inst in instances])
+    sizes = [8 * i for i in np.flatnonzero(counts)]
+    n_at = {t: int(counts[t // 8]) for t in sizes}
+    best, best_cost = (sizes[-1],), None
+    for r in range(0, min(num_shapes - 1, len(sizes) - 1) + 1):
+        for combo in itertools.combinations(sizes[:-1], r):
+            bounds = (*combo, sizes[-1])
+            cost = sum(n * next(b for b in bounds if t <= b) for t, n in n_at.items())
+            if best_cost is None or cost < best_cost:
+                best, best_cost = bounds, cost
+    return tuple((K, int(t)) for t in best)
+
+
+def save_shapes(path: Path, featurizer: Featurizer, phase: str, shapes: Sequence[Shape],
+                train_shapes: Optional[Sequence[Shape]] = None) -> None:
+    """What evaluating a run later needs to build and batch instances as training did (`load_shapes`); the
+    training batches' own shapes too when they differ (sampled negatives)."""
+    saved = {"phase": phase, "slot_buckets": list(featurizer.slot_buckets(phase)), "shapes": [list(s) for s in shapes]}
+    if train_shapes is not None and tuple(train_shapes) != tuple(shapes):
+        saved["train_shapes"] = [list(s) for s in train_shapes]
+    path.write_text(json.dumps(saved, indent=2))
 
 
 def load_shapes(path: Path, featurizer: Featurizer, phase: str) -> tuple[Featurizer, tuple[Shape, ...]]:
@@ -232,6 +256,94 @@ def load_shapes(path: Path, featurizer: Featurizer, phase: str) -> tuple[Featuri
     saved = json.loads(path.read_text())
     return (featurizer.with_slot_buckets(phase, saved["slot_buckets"]),
             tuple((int(k), int(t)) for k, t in saved["shapes"]))
+
+
+class TrainingSet:
+    """A run's training instances per epoch, the shapes their batches are cut to, and their groups by shape.
+
+    With every candidate and subject (the paper) the instances are built once. Sampling draws anew each epoch
+    from (seed, epoch) alone, so a resume rebuilds the same epoch, and weights what it draws by the inverse
+    sampling rate (`cand_weight`), so the loss keeps its expectation:
+
+    * NER, `ner.train_negatives` > 0: every gold span of a window and that many of its other candidates
+      (`Featurizer.sampled_ner_instances`). An instance keeps its slots and tokens from epoch to epoch.
+    * RE, `re.negative_subject_rate` < 1: every subject instance with a gold relation, and that fraction of
+      the others, drawn within each batch shape.
+
+    Either way each shape holds the same number of instances every epoch (`groups`: index lists into
+    `epoch(e)`), so the batch plan and the step count are fixed.
+    """
+
+    def __init__(self, featurizer: Featurizer, phase: str, docs: Sequence[Document], instances: Sequence[Instance],
+                 shapes: Sequence[Shape], config):
+        self.negatives = config.ner.train_negatives if phase == "ner" else 0
+        self.subject_rate = config.re.negative_subject_rate if phase == "re" else 1.0
+        self.seed, self.shapes, self._featurizer = config.seed, tuple(shapes), featurizer
+        self._all = list(instances)
+        if self.negatives > 0:
+            self._windows = featurizer.ner_windows(docs)
+            first = self._draw(0)
+            self.shapes = length_shapes(first, max(config.num_buckets, 1)) if first else self.shapes
+            self.groups = assign(first, self.shapes)
+        elif self.subject_rate < 1:
+            self._strata = [([i for i in g if _has_positive(self._all[i])], [i for i in g if not _has_positive(self._all[i])])
+                            for g in assign(self._all, self.shapes)]
+            sizes = [len(pos) + _kept(len(neg), self.subject_rate) for pos, neg in self._strata]
+            bounds = np.cumsum([0] + sizes)
+            self.groups = [list(range(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            first = self._draw(0)
+        else:
+            self.groups, first = assign(self._all, self.shapes), self._all
+        self._cache: dict[int, list[Instance]] = {0: first}
+
+    def _draw(self, epoch: int) -> list[Instance]:
+        rng = np.random.default_rng([self.seed, epoch, 0x5A3])  # apart from the batch order's stream
+        if self.negatives > 0:
+            return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng)
+        out = []
+        for pos, neg in self._strata:
+            out += [self._all[i] for i in pos]
+            k = _kept(len(neg), self.subject_rate)
+            if k:
+                weight = len(neg) / k
+                out += [_reweighted(self._all[neg[j]], weight) for j in sorted(rng.choice(len(neg), k, replace=False))]
+        return out
+
+    def epoch(self, epoch: int) -> list[Instance]:
+        """Epoch `epoch`'s instances (the last two epochs' are kept: the prefetcher may straddle a boundary)."""
+        if self.negatives <= 0 and self.subject_rate >= 1:
+            return self._all
+        if epoch not in self._cache:
+            self._cache = {e: v for e, v in self._cache.items() if e >= epoch - 1}
+            self._cache[epoch] = self._draw(epoch)
+        return self._cache[epoch]
+
+    @property
+    def first(self) -> list[Instance]:
+        return self.epoch(0)
+
+    @property
+    def sampling(self) -> str:
+        """How training samples, for the log ("" = every candidate and subject)."""
+        if self.negatives > 0:
+            return f"{self.negatives} sampled negatives per window and epoch"
+        if self.subject_rate < 1:
+            return f"{self.subject_rate:g} of the subjects without a relation per epoch"
+        return ""
+
+
+def _has_positive(inst: Instance) -> bool:
+    return bool(np.any(inst.arrays["labels"] > 0))
+
+
+def _kept(n: int, rate: float) -> int:
+    """How many of n instances a rate keeps: at least one of a non-empty stratum."""
+    return 0 if n == 0 else max(1, int(round(rate * n)))
+
+
+def _reweighted(inst: Instance, weight: float) -> Instance:
+    arrays = dict(inst.arrays, cand_weight=inst.arrays["cand_weight"] * np.float32(weight))
+    return dataclasses.replace(inst, arrays=arrays)
 
 
 def epoch_batches(groups: Sequence[Sequence[int]], batch_size: int, seed: int, epoch: int) -> list[tuple[int, list[int]]]:

@@ -141,14 +141,17 @@ def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray, head: Optiona
     (cold start), afterwards the filter's own stop-gradient decision at `head.filter_gate_threshold`
     (plus the gold spans when `head.classifier_keeps_gold`). `head.filter_pos_weight` weighs the
     entity class in L_filter; the count is then the weighted count, so the term stays a weighted mean.
+    Each slot also carries its `cand_weight` (a sampled negative's inverse sampling rate, else 1) in both
+    terms' sums and counts, so a loss over sampled candidates equals the full one in expectation.
     """
     head = head or HeadConfig("ner", 2)
     real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
+    w_slot = _slot_weights(batch, real)
     labels = batch["labels"]
     is_entity = labels > 0
     sums, counts = {}, {}
     if "filter_logits" in out:
-        w = real * jnp.where(is_entity, head.filter_pos_weight, 1.0)
+        w = w_slot * jnp.where(is_entity, head.filter_pos_weight, 1.0)
         sums["filter"] = jnp.sum(_xent(out["filter_logits"], is_entity.astype(jnp.int32)) * w)
         counts["filter"] = jnp.sum(w)
         p_entity = jax.nn.softmax(out["filter_logits"], axis=-1)[..., 1]
@@ -158,9 +161,14 @@ def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray, head: Optiona
         keep = real & jnp.where(use_gold_filter, is_entity, predicted)
     else:
         keep = real
-    sums["span"] = jnp.sum(_xent(out["logits"], labels) * keep)
-    counts["span"] = jnp.sum(real) if head.span_loss_norm == "candidates" else jnp.sum(keep)
+    sums["span"] = jnp.sum(_xent(out["logits"], labels) * keep * w_slot)
+    counts["span"] = jnp.sum(w_slot) if head.span_loss_norm == "candidates" else jnp.sum(keep * w_slot)
     return sums, counts
+
+
+def _slot_weights(batch: dict, real: jnp.ndarray) -> jnp.ndarray:
+    """Per-slot loss weights of real slots: 1, or a sampled negative's inverse sampling rate (`cand_weight`)."""
+    return real * batch["cand_weight"] if "cand_weight" in batch else real.astype(jnp.float32)
 
 
 def re_loss(out: dict, batch: dict, use_gold_filter: Optional[jnp.ndarray] = None,
@@ -168,7 +176,8 @@ def re_loss(out: dict, batch: dict, use_gold_filter: Optional[jnp.ndarray] = Non
     """Cross-entropy over real object slots (relation types + inverses + none)."""
     del use_gold_filter, head
     real = batch["cand_mask"] & (batch["weight"][:, None] > 0)
-    return {"pair": jnp.sum(_xent(out["logits"], batch["labels"]) * real)}, {"pair": jnp.sum(real)}
+    w = _slot_weights(batch, real)
+    return {"pair": jnp.sum(_xent(out["logits"], batch["labels"]) * w)}, {"pair": jnp.sum(w)}
 
 
 def predict_probs(out: dict) -> dict[str, jnp.ndarray]:

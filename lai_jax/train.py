@@ -148,21 +148,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
     if not train_inst:
         raise UserError("the training split produced no instances (no sentences, or no entities for RE)")
     setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes)
+    training = input_pipeline.TrainingSet(featurizer, config.phase, docs["train"], train_inst, shapes, config)
+    train_inst, train_shapes = training.first, training.shapes
     # Built once per run: every evaluation reuses them.
     eval_inst = {s: input_pipeline.make_instances(featurizer, config.phase, docs[s], ents.get(s)) for s in ("dev", "test")}
 
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps))
     global_batch = config.batch_size
-    groups = input_pipeline.assign(train_inst, shapes)
+    groups = training.groups
     steps_per_epoch = input_pipeline.num_batches(groups, global_batch)
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
     log.info("%d train instances, %d steps/epoch, %d steps, global batch %d = %d per device x %d device(s) (%s) "
-             "x %d process(es) x %d accumulation step(s), batch shapes (slots, tokens) %s holding %s instances",
+             "x %d process(es) x %d accumulation step(s), batch shapes (slots, tokens) %s holding %s instances%s",
              len(train_inst), steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode,
-             jax.process_count(), config.grad_accum_steps, list(shapes), [len(g) for g in groups])
+             jax.process_count(), config.grad_accum_steps, list(train_shapes), [len(g) for g in groups],
+             f" ({training.sampling}; evaluation shapes {list(shapes)})" if training.sampling else "")
 
     sample = input_pipeline.stack(train_inst[:1])
     state = init_state(setup, sample, total_steps, initial_encoder(config) if previous is None else None)
@@ -173,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         if changed:  # --resume=force: the config the first steps were trained with stays on record
             (workdir_p / f"config.step{previous}.json").write_text((workdir_p / "config.json").read_text())
         save_run_config(config, workdir_p)
-        input_pipeline.save_shapes(workdir_p / evaluate.SHAPES_FILE, featurizer, config.phase, shapes)
+        input_pipeline.save_shapes(workdir_p / evaluate.SHAPES_FILE, featurizer, config.phase, shapes, train_shapes)
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
     start_step, best_f1 = 0, -1.0
     if previous is not None:
@@ -192,9 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         epoch, offset = divmod(step, steps_per_epoch)
         b, idx = epoch_plan(epoch)[offset]
         rows = list(idx[host_block(global_batch)])  # idx holds the real rows: the tail blocks may get none
-        batch = input_pipeline.stack([train_inst[i] for i in rows], global_batch // jax.process_count(),
+        instances = training.epoch(epoch)
+        batch = input_pipeline.stack([instances[i] for i in rows], global_batch // jax.process_count(),
                                      like=train_inst[0])
-        return runner.put_batch(input_pipeline.cut(batch, shapes[b]))
+        return runner.put_batch(input_pipeline.cut(batch, train_shapes[b]))
 
     writer = metric_writers.create_default_writer(workdir_p, resume_step=start_step)
     writer.write_hparams(config.to_dict())

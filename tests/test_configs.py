@@ -28,6 +28,8 @@ def test_paper_configs_match_the_paper(dataset, phase):
     assert c.cold_start_epochs == (paper["cold_start"] if phase == "ner" else 0)
     assert (c.model.gcn_layers, c.model.gcn_heads) == paper["gcn"][phase]
     assert c.max_text_len == (100 if dataset == "ade" else 150) and c.max_span_len == 8 and c.max_candidates == 220
+    # Training sees every candidate span and every subject, as the paper's training does (sampling is off).
+    assert c.ner.train_negatives == 0 and c.re.negative_subject_rate == 1.0
     # Every head count divides the packaged encoder's hidden size (384) and BERT-base's (768).
     assert 384 % c.model.gcn_heads == 0 and 768 % c.model.gcn_heads == 0
 
@@ -53,3 +55,19 @@ def test_paper_encoder_fails_offline_with_one_clear_message(monkeypatch, tmp_pat
     msg = str(err.value)
     assert "allenai/scibert_scivocab_uncased" in msg and "--config.encoder=/path/to/hf_dir" in msg
     assert "--config.encoder=default" in msg and "\n" not in msg
+
+
+def test_without_sampling_every_epoch_trains_on_every_candidate(tiny_bert):
+    """With the paper's settings (no sampling) each epoch's training instances are the full enumeration,
+    weights 1, in the batch shapes evaluation uses."""
+    import numpy as np
+    from lai_jax import input_pipeline
+    from tests.conftest import tiny_config
+    config = tiny_config("ner", tiny_bert, num_buckets=3)
+    setup = build_lib.build(config)
+    train = input_pipeline.load_splits(config, setup.labels)["train"]
+    featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "ner", train, config.num_buckets)
+    ts = input_pipeline.TrainingSet(featurizer, "ner", train, inst, shapes, config)
+    assert ts.epoch(0) is ts.epoch(5) and ts.epoch(5) == inst and ts.shapes == shapes and not ts.sampling
+    assert all(np.array_equal(i.arrays["cand_weight"], i.arrays["cand_mask"].astype(np.float32)) for i in inst)
+    assert ts.groups == input_pipeline.assign(inst, shapes)

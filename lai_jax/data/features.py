@@ -273,6 +273,8 @@ class Featurizer:
         cand_ms[:k], cand_me[:k] = starts, starts + k
         arr["cand_marker_start"], arr["cand_marker_end"] = cand_ms, cand_me
         arr["cand_mask"] = np.arange(num_slots) < k
+        # Loss weight of each slot: 1, or a sampled negative's inverse sampling rate (`sampled_ner_instances`).
+        arr["cand_weight"] = arr["cand_mask"].astype(np.float32)
         return arr
 
     def ner_instances(self, docs: Sequence[Document], with_labels: bool = True) -> tuple[list[Instance], dict]:
@@ -294,6 +296,28 @@ class Featurizer:
                 stats["slots"] += next(b for b in buckets if len(chunk) <= b)
                 stats["filled"] += len(chunk)
         return out, stats
+
+    def ner_windows(self, docs: Sequence[Document]) -> list[tuple]:
+        """The NER windows of a split with their candidates and gold classes, tokenised once: what
+        `sampled_ner_instances` draws each epoch's training instances from."""
+        return list(self._ner_windows(docs, True))
+
+    def sampled_ner_instances(self, windows: Sequence[tuple], negatives: int, rng: np.random.Generator
+                              ) -> list[Instance]:
+        """Training instances holding every gold span of each window and `negatives` of its other candidates
+        (`slots.sample_negatives`), weighted by their inverse sampling rate (`cand_weight`).
+
+        A window's sampled slot count does not depend on the draw, so every epoch's instances have the same
+        slots and tokens, in the same order: batch shapes and the epoch's batches stay fixed. Candidates go in
+        consecutive runs of K (one instance unless gold + negatives exceed K).
+        """
+        K = self.cfg.max_candidates
+        out = []
+        for d, s, sp, spans, gold in windows:
+            chosen, weights = slots.sample_negatives(spans, gold, negatives, rng)
+            for lo in range(0, max(len(chosen), 1), K):
+                out.append(self._ner_instance(sp, chosen[lo:lo + K], gold, d, s, weights[lo:lo + K]))
+        return out
 
     def _ner_windows(self, docs: Sequence[Document], with_labels: bool, stats: Optional[dict] = None):
         """(doc, sentence, window pieces, the window's candidate spans, gold classes) of every window that gets
@@ -328,7 +352,8 @@ class Featurizer:
                     yield d, s, self.sentence_pieces(pieces, s, c.max_text_len, win), win_spans, \
                         (gold if with_labels else {})
 
-    def _ner_instance(self, sp: SentencePieces, chunk, gold, d, s) -> Instance:
+    def _ner_instance(self, sp: SentencePieces, chunk, gold, d, s, weights: Optional[Sequence[float]] = None
+                      ) -> Instance:
         K = self.cfg.max_candidates
         offset = 1  # [CLS]
         bounds = [(sp.word_first[i] + offset, sp.word_last[j] + offset) for i, j in chunk]
@@ -338,6 +363,8 @@ class Featurizer:
             ts[slot], te[slot] = a, b
             labels[slot] = gold.get(span, 0)
         arr.update(cand_text_start=ts, cand_text_end=te, labels=labels)
+        if weights is not None:
+            arr["cand_weight"][:len(chunk)] = weights
         return Instance(arr, d, s, list(chunk), window=sp.window)
 
     def re_instances(self, docs: Sequence[Document], entities: Optional[Sequence[Sequence[Sequence[Entity]]]] = None,

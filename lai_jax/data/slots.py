@@ -16,6 +16,8 @@ import itertools
 from collections import Counter
 from typing import Iterable, Sequence
 
+import numpy as np
+
 SLOT_MULTIPLE = 8  # bucket sizes are multiples of this (of 4 for K <= 32, as RE's objects)
 
 
@@ -91,3 +93,22 @@ def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_b
             if best_cost is None or cost < best_cost:
                 best, best_cost = buckets, cost
     return best
+
+
+def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int, int]], negatives: int,
+                     rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[float]]:
+    """Every gold span of `spans` and `negatives` of its other spans drawn uniformly without replacement, in
+    `spans`' order, each with a weight: 1 for gold, (number of negatives) / `negatives` for a drawn negative.
+
+    The weights are the inverse sampling rates, so a weighted sum over the sample equals the sum over all
+    `spans` in expectation, and the weights of a window add up to its number of candidates exactly (the
+    loss normaliser is unchanged). `negatives` <= 0 keeps every span with weight 1 (no sampling).
+    """
+    gold = set(gold)
+    neg = [i for i, sp in enumerate(spans) if sp not in gold]
+    if negatives <= 0 or len(neg) <= negatives:
+        return list(spans), [1.0] * len(spans)
+    drawn = set(np.asarray(neg)[rng.choice(len(neg), negatives, replace=False)].tolist())
+    w_neg = len(neg) / negatives
+    keep = [i for i, sp in enumerate(spans) if sp in gold or i in drawn]
+    return [spans[i] for i in keep], [1.0 if spans[i] in gold else w_neg for i in keep]
