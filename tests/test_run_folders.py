@@ -156,9 +156,22 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path):
     assert_one_error_line(cli(main + ["--config=configs/quick.py:ner", "--config.model.gcn_head=2"]),
                           "--config.model.gcn_head=2", "did you mean model.gcn_heads?")
     assert_one_error_line(cli(main + ["--config=configs/nope.py:ner"]), "config file 'configs/nope.py' not found")
-    assert_one_error_line(cli(main + ["--config=configs/quick.py:nre"]), "phase must be one of")
     assert not (tmp_path / "run").exists()
     assert_one_error_line(cli(["-m", "lai_jax.evaluate", f"--workdir={tmp_path}"]),
                           f"{tmp_path} is not a lai-jax training workdir (no config.json)")
     debug = cli(["-m", "lai_jax.evaluate", f"--workdir={tmp_path}"], env={**ENV, "LAI_JAX_DEBUG": "1"})
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_flag_errors_name_the_flag():
+    """A config file's own error (a bad phase) comes wrapped in its traceback by config_flags: one line is kept."""
+    from ml_collections import config_flags
+    from lai_jax.cli import _flag_message
+    argv = ["main", "--config=configs/quick.py:nre"]
+    with pytest.raises(ValueError) as e:
+        config_flags.ConfigFileFlagParser("config").parse("configs/quick.py:nre")
+    assert _flag_message(argv, e.value) == ("--config=configs/quick.py:nre: phase must be one of ('ner', 're') "
+                                            "(as in --config=configs/conll04.py:ner), got 'nre'")
+    argv = ["main", "--config=configs/quick.py:re", "--config.re.treshold=0.3"]
+    assert _flag_message(argv, KeyError("'treshold'")).startswith(
+        "--config.re.treshold=0.3: unknown config field 're.treshold' in re; did you mean re.threshold?")
