@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lai_jax import decoding, metrics as metrics_lib, pretrained
-from lai_jax.data import features
+from lai_jax.cli import UserError
+from lai_jax.config_base import get_field
+from lai_jax.data import features, masks
+from lai_jax.g4cn import EDGES, G4CN
 from lai_jax.data.labels import LabelSet, load_labels
 from lai_jax.input_pipeline import labels_path
 from lai_jax.models import SPAN_LOSS_NORMS, HeadConfig, LAINet
@@ -36,20 +39,80 @@ def feature_config(config) -> features.FeatureConfig:
                                   use_annotations=config.use_annotations)
 
 
+# Fields with a fixed set of values.
+CHOICES = {"ner.overlap": decoding.NER_OVERLAP_RULES, "re.re_decode": decoding.RE_DECODE_RULES,
+           "model.span_loss_norm": SPAN_LOSS_NORMS, "eval.symmetric_count": metrics_lib.SYMMETRIC_COUNTS,
+           "eval.select_average": metrics_lib.AVERAGES, "attention_mask": tuple(masks.PRESETS),
+           "model.edge": EDGES, "model.dtype": ("float32", "bfloat16"), "parallel": ("pmap", "shard_map"),
+           "model.dropout_bits": (8, 16, 32)}
+
+
+def _at_least(low: float):
+    return lambda v: v >= low, f">= {low}"
+
+
+_PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_RATE = (lambda v: 0 <= v < 1, "in [0, 1)")
+_RATE_OR_KEEP = (lambda v: v == -1 or 0 <= v < 1, "-1 (keep the encoder's) or in [0, 1)")
+# Numeric fields and the values they accept: checked before a run writes anything (`check_config`).
+RANGES = {
+    "num_epochs": _at_least(1), "cold_start_epochs": _at_least(0), "max_steps": _at_least(0),
+    "batch_size": _at_least(1), "grad_accum_steps": _at_least(1), "per_device_eval_batch_size": _at_least(1),
+    "eval_every_epochs": _at_least(1), "eval_every_steps": _at_least(0), "log_every_steps": _at_least(1),
+    "prefetch_batches": _at_least(0), "num_buckets": _at_least(1), "max_text_len": _at_least(1),
+    "max_span_len": _at_least(1), "max_candidates": _at_least(1), "max_objects": _at_least(1),
+    "debug_kill_after_step": _at_least(0),
+    "data.fold": _at_least(0), "data.train_limit": _at_least(0), "data.eval_limit": _at_least(0),
+    "data.dev_holdout": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "ner.train_negatives": _at_least(0), "re.negative_subject_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ner.filter_threshold": _PROBABILITY, "re.threshold": _PROBABILITY, "model.filter_gate_threshold": _PROBABILITY,
+    "model.dropout": _RATE, "model.encoder_dropout": _RATE_OR_KEEP, "model.attention_dropout": _RATE_OR_KEEP,
+    "model.gcn_layers": _at_least(0), "model.gcn_sublayers": _at_least(1), "model.gcn_heads": _at_least(1),
+    "model.gauss_dim": _at_least(1), "model.filter_pos_weight": (lambda v: v > 0, "> 0"),
+    "optim.learning_rate": (lambda v: v > 0, "> 0"), "optim.encoder_learning_rate": _at_least(0),
+    "optim.warmup_ratio": _PROBABILITY, "optim.weight_decay": _at_least(0),
+    "optim.adam_eps": (lambda v: v > 0, "> 0"), "optim.grad_clip": _at_least(0),
+}
+
+
+def check_config(config, fields=None) -> None:
+    """Refuse, before anything is written or loaded, a field with a value outside `CHOICES` / `RANGES`.
+
+    `fields` limits the check to those dotted names (`evaluate --set` checks only what it changes).
+    """
+    for key in fields if fields is not None else (*CHOICES, *RANGES):
+        value = get_field(config, key)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"config {key}={value!r}: expected one of {', '.join(map(str, CHOICES[key]))}")
+        if key in RANGES and not RANGES[key][0](value):
+            raise UserError(f"config {key}={value!r}: must be {RANGES[key][1]}")
+    if fields is None and len(config.visibility):
+        try:
+            masks.visibility_table(config.attention_mask, config.visibility)  # a 3x3 table
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+
 def check_choices(config) -> None:
-    """Fail early (not after training) on a decoding or scoring field with an unknown value."""
-    for key, value, choices in (("ner.overlap", config.ner.overlap, decoding.NER_OVERLAP_RULES),
-                                ("re.re_decode", config.re.re_decode, decoding.RE_DECODE_RULES),
-                                ("model.span_loss_norm", config.model.span_loss_norm, SPAN_LOSS_NORMS),
-                                ("eval.symmetric_count", config.eval.symmetric_count, metrics_lib.SYMMETRIC_COUNTS),
-                                ("eval.select_average", config.eval.select_average, metrics_lib.AVERAGES)):
-        if value not in choices:
-            raise ValueError(f"config {key}={value!r}: expected one of {', '.join(choices)}")
+    """Fail early (not after training) on a field with an unknown value (`CHOICES`)."""
+    check_config(config, tuple(CHOICES))
+
+
+def check_graph(config, hidden: int) -> None:
+    """Refuse G4CN settings the encoder's hidden size does not allow (heads must divide it), before any init."""
+    if not (config.use_annotations and config.model.gcn_layers > 0):
+        return
+    m = config.model
+    try:
+        G4CN(hidden=hidden, gcn_layers=m.gcn_layers, gcn_sublayers=m.gcn_sublayers, gcn_heads=m.gcn_heads,
+             gauss_dim=m.gauss_dim, edge=m.edge)
+    except ValueError as e:
+        raise UserError(f"config model.*: {e} (the encoder {config.encoder!r} has hidden size {hidden})") from None
 
 
 def build(config) -> Setup:
     """Labels, tokenizer, featurizer and model for `config` (the encoder's pretrained weights loaded, not placed)."""
-    check_choices(config)
+    check_config(config)
     labels = load_labels(labels_path(config))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
     enc, enc_params, tokenizer = pretrained.load(config.encoder, dtype=dtype, remat=config.model.remat)
@@ -60,6 +123,7 @@ def build(config) -> Setup:
     if config.model.attention_dropout >= 0:
         changes["attention_probs_dropout_prob"] = config.model.attention_dropout
     bert = dataclasses.replace(enc.config, **changes)
+    check_graph(config, bert.hidden_size)
     featurizer = features.Featurizer(tokenizer, labels, feature_config(config))
     head = HeadConfig.from_config(config, labels)
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)

@@ -5,12 +5,16 @@ an error (ml_collections refuses it).
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import ml_collections
+
+from lai_jax.cli import UserError
 
 PHASES = ("ner", "re")
 
@@ -18,7 +22,7 @@ PHASES = ("ner", "re")
 def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     """Defaults shared by all datasets for one phase ("ner" or "re")."""
     if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES} (as in --config=configs/{dataset}.py:ner), got {phase!r}")
+        raise UserError(f"phase must be one of {PHASES} (as in --config=configs/{dataset}.py:ner), got {phase!r}")
     c = ml_collections.ConfigDict()
     # Benchmark name: scierc | ade | conll04 | ace05 | custom (custom reads <data.dir>/<split>.json).
     c.dataset = dataset
@@ -202,11 +206,11 @@ def parse_assignment(c: ml_collections.ConfigDict, item: str) -> tuple[str, obje
     node = c
     for part in key.split("."):
         if not sep or not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD a config field (like model.dropout_bits)")
+            raise UserError(f"{item!r}: expected FIELD=VALUE with FIELD a config field (like model.dropout_bits)")
         node = node[part]
     kind = type(node)
     if kind not in (bool, int, float, str):
-        raise ValueError(f"{item!r}: {key} is a {kind.__name__}, not a number, flag or string")
+        raise UserError(f"{item!r}: {key} is a {kind.__name__}, not a number, flag or string")
     try:
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):
@@ -214,7 +218,7 @@ def parse_assignment(c: ml_collections.ConfigDict, item: str) -> tuple[str, obje
             return key, text.lower() in ("true", "1")
         return key, kind(text)
     except ValueError:
-        raise ValueError(f"{item!r}: {text!r} is not a {kind.__name__}") from None
+        raise UserError(f"{item!r}: {text!r} is not a {kind.__name__}") from None
 
 
 def set_fields(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
@@ -240,22 +244,87 @@ def load_config_file(path: str | Path, phase: Optional[str] = None) -> ml_collec
     return module.get_config(phase or "ner")
 
 
+def get_field(c: ml_collections.ConfigDict, key: str) -> Any:
+    """The value of a dotted field ("re.entities_from")."""
+    for part in key.split("."):
+        c = c[part]
+    return c
+
+
+# Fields that name another training run. config.json stores them relative to the run's own workdir, so that
+# runs moved or copied together (runs/x/ner and runs/x/re) still find each other, from any working folder.
+RUN_REFERENCES = ("re.entities_from",)
+# Fields that name files or folders (the encoder only when it is a local folder, not a hub name): stored
+# absolute, so that the run reads them whatever the working folder of a later command.
+PATH_FIELDS = ("encoder", "data.dir", "data.labels", "data.tfds_dir")
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose run references and paths (given relative to the working folder) are absolute."""
+    config = copy.deepcopy(config)
+    for key in RUN_REFERENCES + PATH_FIELDS:
+        value = get_field(config, key)
+        local = key != "encoder" or os.path.exists(os.path.expanduser(value))  # else "default" or a hub name
+        if value and local:
+            set_fields(config, **{key: os.path.abspath(os.path.expanduser(value))})
+    return config
+
+
+def stored_reference(value: str, workdir: str | Path) -> str:
+    """A run reference as config.json stores it: relative to `workdir` ("../ner"); "" stays ""."""
+    return os.path.relpath(os.path.abspath(value), os.path.abspath(workdir)) if value else ""
+
+
+def resolve_reference(value: str, workdir: str | Path) -> str:
+    """A stored run reference as an absolute path: relative to `workdir` (how runs store it now), else, for runs
+    saved before, relative to the working folder; the workdir-relative path when neither is a run."""
+    if not value or os.path.isabs(value):
+        return value
+    candidates = [Path(workdir) / value, Path(value)]
+    found = next((c for c in candidates if (c / "config.json").exists()), candidates[0])
+    return os.path.abspath(found)
+
+
+def save_run_config(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+    """<workdir>/config.json with `RUN_REFERENCES` relative to the workdir (`load_run_config` reads it back)."""
+    saved = json.loads(config.to_json_best_effort())
+    for key in RUN_REFERENCES:
+        *parents, leaf = key.split(".")
+        node = saved
+        for part in parents:
+            node = node[part]
+        node[leaf] = stored_reference(node[leaf], workdir)
+    path = Path(workdir) / "config.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(saved, indent=2))
+    os.replace(tmp, path)
+
+
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """A training run's saved config (<workdir>/config.json), laid over today's defaults so that workdirs
-    written before a field existed still load."""
+    written before a field existed still load; run references resolved to absolute paths."""
     path = Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {workdir} a lai-jax training workdir?")
-    saved = json.loads(path.read_text())
+        kind = "no such folder" if not Path(workdir).is_dir() else "no config.json"
+        raise FileNotFoundError(f"{workdir} is not a lai-jax training workdir ({kind}); give the --workdir of a "
+                                f"training run (python -m lai_jax.main ... --workdir=DIR)")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a lai-jax run config ({e})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a lai-jax run config (not a JSON object)")
     _upgrade(saved)
     try:
         config = base_config(saved["dataset"], saved["phase"])
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a lai-jax run config ({e})") from None
+        raise UserError(f"{path}: not a lai-jax run config ({e})") from None
     with config.unlocked():
         _merge(config, saved)
     if "holdout_seed" not in saved.get("data", {}):  # written when the dev hold-out followed the training seed
         config.data.holdout_seed = config.seed
+    for key in RUN_REFERENCES:
+        set_fields(config, **{key: resolve_reference(get_field(config, key), workdir)})
     return config
 
 

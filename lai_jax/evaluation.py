@@ -94,9 +94,11 @@ def _decode_relations(setup: Setup, docs, pred: list[Document], instances, probs
 
 
 def score_documents(setup: Setup, gold: Sequence[Document], pred: Sequence[Document]) -> dict:
-    """`metrics.score` with the label set's symmetric relations, counted as `eval.symmetric_count` says."""
-    return metrics_lib.score(list(gold), list(pred), dict(zip(setup.labels.relation_types, setup.labels.symmetric)),
-                             symmetric_count=setup.config.eval.symmetric_count)
+    """`metrics.score` with the label set's symmetric relations, counted as `eval.symmetric_count` says, for
+    the phase's tasks (`table_tasks`: a NER run predicts no relations, so it has no RE scores)."""
+    scores = metrics_lib.score(list(gold), list(pred), dict(zip(setup.labels.relation_types, setup.labels.symmetric)),
+                               symmetric_count=setup.config.eval.symmetric_count)
+    return {task: scores[task] for task in table_tasks(setup.config)}
 
 
 def evaluate_documents(runner: Runner, state, setup: Setup, docs: list[Document], entities=None,
@@ -115,7 +117,7 @@ def selection_f1(config, result: dict) -> float:
 
 
 def table_tasks(config) -> tuple[str, ...]:
-    """Console rows for a phase: a NER run predicts no relations, so its RE rows would only show zeros."""
+    """The tasks a phase is scored on: a NER run predicts no relations, so RE scores would only be zeros."""
     return ("ner",) if config.phase == "ner" else ("ner", "re", "re+")
 
 

@@ -24,11 +24,11 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from lai_jax import input_pipeline
+from lai_jax import cli, input_pipeline
 from lai_jax.cli import silence_library_noise
 from lai_jax.data import features, masks
 from lai_jax.models import HeadConfig
@@ -221,7 +221,7 @@ def define_flags() -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     _quiet_libraries()
     config = with_phase(FLAGS.config, FLAGS.phase)
     try:
@@ -233,11 +233,11 @@ def main(argv):
             info = inspect_instance(config, FLAGS.split, FLAGS.index)
             print(json.dumps(info) if FLAGS.json else format_instance(info))
     except (IndexError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e)
     except BrokenPipeError:  # output piped into `head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -53,12 +53,35 @@ class NoOpWriter(MetricWriter):
         pass
 
 
+def truncate_after(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` from a JSON-lines log (atomically; hparams records stay).
+
+    A run killed after its last checkpoint logged steps it will train again when resumed from that checkpoint.
+    """
+    if not path.exists():
+        return
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", step) <= step
+        except json.JSONDecodeError:  # a line cut short by the kill
+            return False
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and keep(line)]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
 class JsonlWriter(MetricWriter):
     """One JSON object a line: `{"step": s, name: value, ...}` per write_scalars, `{"hparams": {...}}` per
-    write_hparams. Appends, so a resumed run continues the same file; flushed on every write so a killed
-    run keeps its log up to the kill."""
+    write_hparams. Appends, so a resumed run continues the same file (after dropping the records past
+    `resume_step`, which it is about to write again); flushed on every write so a killed run keeps its log up
+    to the kill."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_step: int = 0):
+        truncate_after(path, resume_step)
         self._file = open(path, "a")
 
     def _write(self, record: dict) -> None:
@@ -84,12 +107,14 @@ class JsonlWriter(MetricWriter):
 class TensorBoardWriter(MetricWriter):
     """Scalars and an hparams summary in TensorBoard event files, through tensorboardX."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, resume_step: int = 0):
         from tensorboardX import SummaryWriter
         # Event file names carry only the second and host: without a suffix, a writer reopened within the
         # same second (a quick restart) would overwrite the file of the one before.
         suffix = f".{os.getpid()}.{next(_OPENED)}"
-        self._tb: Optional[Any] = SummaryWriter(str(logdir), filename_suffix=suffix)
+        # purge_step: TensorBoard discards the earlier files' events from that step on (logged before a kill).
+        purge = resume_step + 1 if resume_step else None
+        self._tb: Optional[Any] = SummaryWriter(str(logdir), filename_suffix=suffix, purge_step=purge)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Scalar]) -> None:
         for k, v in scalars.items():
@@ -151,14 +176,18 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def create_default_writer(workdir: str | Path) -> MetricWriter:
-    """JSON lines (+ TensorBoard when tensorboardX is installed) on process 0; a no-op writer elsewhere."""
+def create_default_writer(workdir: str | Path, resume_step: int = 0) -> MetricWriter:
+    """JSON lines (+ TensorBoard when tensorboardX is installed) on process 0; a no-op writer elsewhere.
+
+    `resume_step`: the step a run resumes from; what was logged after it is dropped (JSON lines) or hidden
+    (TensorBoard), so that no step is logged twice.
+    """
     if jax.process_index() != 0:
         return NoOpWriter()
     workdir = Path(workdir)
-    writers: list[MetricWriter] = [JsonlWriter(workdir / "metrics.jsonl")]
+    writers: list[MetricWriter] = [JsonlWriter(workdir / "metrics.jsonl", resume_step)]
     try:
-        writers.append(TensorBoardWriter(workdir / "tensorboard"))
+        writers.append(TensorBoardWriter(workdir / "tensorboard", resume_step))
     except ImportError:  # optional: the JSON log still records everything
         log.info("tensorboardX is not installed: metrics go to %s only", workdir / "metrics.jsonl")
     return MultiWriter(writers)

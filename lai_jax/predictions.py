@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from lai_jax.cli import UserError
+from lai_jax.config_base import RUN_REFERENCES, get_field, stored_reference
 from lai_jax.data.documents import Document
 
 log = logging.getLogger("lai_jax")
@@ -16,14 +18,16 @@ PREDICTION_FIELDS = {"ner": ("model.use_filter", "ner.filter_threshold", "ner.ov
                      "re": ("re.entities_from", "re.re_decode", "re.threshold")}
 
 
-def prediction_settings(config, checkpoint_step: Optional[int]) -> dict:
-    """The settings recorded with a predictions file: phase, checkpoint step and the phase's decoding fields."""
+def prediction_settings(config, checkpoint_step: Optional[int], workdir: Optional[Path] = None) -> dict:
+    """The settings recorded with a predictions file: phase, checkpoint step and the phase's decoding fields.
+
+    Run references (`re.entities_from`) are recorded relative to `workdir` when given, as config.json has them,
+    so that the files of runs moved together still agree.
+    """
     out: dict[str, Any] = {"phase": config.phase, "checkpoint_step": checkpoint_step}
     for key in PREDICTION_FIELDS[config.phase]:
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        out[key] = node
+        value = get_field(config, key)
+        out[key] = stored_reference(value, workdir) if key in RUN_REFERENCES and workdir is not None else value
     return out
 
 
@@ -44,7 +48,9 @@ def write_predictions(path: Path, docs: list[Document], settings: Optional[dict]
             f.write(json.dumps(doc.to_pure()) + "\n")
     tmp.replace(path)
     if settings is not None:
-        side.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        tmp.replace(side)
 
 
 def check_prediction_settings(paths: Sequence[Path]) -> None:
@@ -61,7 +67,7 @@ def check_prediction_settings(paths: Sequence[Path]) -> None:
         side = settings_path(path)
         if not side.exists():
             log.warning("%s has no %s (written before settings were recorded): cannot check that it was decoded "
-                        "like %s; rewrite it with `python -m lai_jax.evaluate`", path, side.name,
+                        "like %s; rewrite it with `python -m lai_jax.evaluate --write`", path, side.name,
                         " and ".join(str(p) for p in paths if Path(p) != path))
             continue
         known.append((path, json.loads(side.read_text(encoding="utf-8"))))
@@ -71,7 +77,7 @@ def check_prediction_settings(paths: Sequence[Path]) -> None:
         if diff:
             detail = "; ".join(f"{k}: {ref.get(k, '<unset>')!r} in {first.name}, {settings.get(k, '<unset>')!r} in "
                                f"{path.name}" for k in diff)
-            raise ValueError(f"{first} and {path} were written with different settings ({detail}), so dev and "
-                             f"test would be scored on entities decoded differently. Rewrite both with the same "
-                             f"settings: python -m lai_jax.evaluate --workdir={first.parent.parent} --split=<split> "
-                             f"[--set=FIELD=VALUE ...] for each split.")
+            raise UserError(f"{first} and {path} were written with different settings ({detail}), so dev and "
+                            f"test would be scored on entities decoded differently. Rewrite both with the same "
+                            f"settings: python -m lai_jax.evaluate --workdir={first.parent.parent} --split=<split> "
+                            f"[--set=FIELD=VALUE ...] --write for each split.")

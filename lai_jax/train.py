@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from lai_jax import (checkpoints, evaluate, evaluation, input_pipeline, metric_writers, metrics as metrics_lib,
                      predictions, run_record)
-from lai_jax.build import build, init_state
+from lai_jax.build import build, check_config, init_state
+from lai_jax.cli import UserError
+from lai_jax.config_base import absolute_paths, load_run_config, save_run_config
 from lai_jax.parallel import Runner, host_block
 from lai_jax.steps import bind_steps
 
@@ -40,8 +42,8 @@ def ner_encoder_params(config) -> dict:
     """The fine-tuned encoder of the NER run in `re.entities_from` (its best checkpoint), to start RE from."""
     setup, runner, state = evaluate.restore_run(config.re.entities_from)
     if setup.config.encoder != config.encoder:
-        raise ValueError(f"re.init_from_ner: the NER run {config.re.entities_from} used encoder "
-                         f"{setup.config.encoder!r}, this run {config.encoder!r}")
+        raise UserError(f"re.init_from_ner: the NER run {config.re.entities_from} used encoder "
+                        f"{setup.config.encoder!r}, this run {config.encoder!r}")
     log.info("RE encoder starts from the NER run's best checkpoint (%s)", config.re.entities_from)
     return runner.get_state(state).params["encoder"]
 
@@ -68,10 +70,55 @@ def per_device_batch(config, local_devices: int, processes: int = 1) -> int:
     """Instances per device and micro-batch: batch_size / (processes x local devices x grad_accum_steps)."""
     split = processes * local_devices * config.grad_accum_steps
     if config.batch_size < 1 or config.grad_accum_steps < 1 or config.batch_size % split:
-        raise ValueError(f"batch_size={config.batch_size} must be a positive multiple of processes ({processes}) x "
-                         f"local devices ({local_devices}) x grad_accum_steps ({config.grad_accum_steps}) = {split}; "
-                         f"change --config.batch_size or --config.grad_accum_steps")
+        raise UserError(f"batch_size={config.batch_size} must be a positive multiple of processes ({processes}) x "
+                        f"local devices ({local_devices}) x grad_accum_steps ({config.grad_accum_steps}) = {split}; "
+                        f"change --config.batch_size or --config.grad_accum_steps")
     return config.batch_size // split
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+# Fields that change how a run is watched or launched, not what it computes: a resumed run may change them.
+RESUME_FREE_FIELDS = ("log_every_steps", "prefetch_batches", "debug_kill_after_step", "distributed",
+                      "per_device_eval_batch_size", "data.tfds_dir")
+RESUME_MODES = ("auto", "force")
+
+
+def config_changes(saved: ml_collections.ConfigDict, given: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """{field: (saved value, given value)} for the fields outside `RESUME_FREE_FIELDS` that differ.
+
+    Paths are compared as absolute paths (`absolute_paths`), so the same run given from another folder matches.
+    """
+    def flat(c):
+        return metric_writers.flatten(json.loads(absolute_paths(c).to_json_best_effort()))
+    old, new = flat(saved), flat(given)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k)}
+
+
+def resume_step(config: ml_collections.ConfigDict, workdir: Path, resume: str = "auto") -> tuple[Optional[int], bool]:
+    """(the latest checkpointed step of `workdir` to resume from or None for a fresh start, whether its config
+    changed), after refusing a run saved with another config (`config_changes`) unless `resume="force"`.
+    Writes nothing."""
+    if resume not in RESUME_MODES:
+        raise UserError(f"--resume={resume}: expected one of {', '.join(RESUME_MODES)}")
+    root = workdir / "checkpoints"
+    if not root.is_dir():
+        return None, False
+    ckpt = checkpoints.Checkpoints(root)
+    step = ckpt.latest_step()
+    ckpt.close()
+    if step is None or not (workdir / "config.json").exists():
+        return step, False
+    changes = config_changes(load_run_config(workdir), config)
+    if changes:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        if resume != "force":
+            raise UserError(f"{workdir} holds a run checkpointed at step {step} with another config ({listed}; "
+                            f"saved -> given). To start fresh, pass another --workdir or delete {workdir}; to "
+                            f"continue this run with the new values on purpose, add --resume=force")
+        log.warning("resuming %s from step %d with a changed config (--resume=force): %s; the old config is kept "
+                    "as config.step%d.json", workdir, step, listed, step)
+    return step, bool(changes)
 
 
 def format_eta(seconds: float) -> str:
@@ -79,32 +126,31 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: str = "auto") -> dict:
     """Train one phase with dev-based checkpoint selection, then score the best checkpoint on dev and test.
 
-    Every process runs this; only process 0 writes files (config, shapes, metrics, predictions, results), and
-    checkpoints go through orbax, which coordinates the processes.
+    A workdir with checkpoints is resumed from the latest one if its config.json matches `config`
+    (`resume_step`; `resume="force"` resumes whatever changed). Every check (values, batch division, the
+    resume, encoder, data, model) runs before anything is written, so a refused run leaves the workdir as it
+    was. Every process runs this; only process 0 writes files (config, shapes, metrics, predictions,
+    results), and checkpoints go through orbax, which coordinates the processes.
     """
+    check_config(config)
     per_device = per_device_batch(config, jax.local_device_count(), jax.process_count())  # fail before any work
+    config = absolute_paths(config)  # the run reads its files, and finds its NER run, from any working folder
     writer_process = jax.process_index() == 0
     workdir_p = Path(workdir)
-    if writer_process:
-        workdir_p.mkdir(parents=True, exist_ok=True)
-        (workdir_p / "config.json").write_text(config.to_json_best_effort(indent=2))
-        run_record.record_start(workdir_p)
+    previous, changed = resume_step(config, workdir_p, resume)
     setup = build(config)
     docs = input_pipeline.load_splits(config, setup.labels)
-    run_record.record_training_data(workdir_p, docs["train"])  # process 0
     ents = {s: evaluate.predicted_entities(config, s, docs[s]) for s in ("dev", "test")} if config.phase == "re" else {}
     featurizer, train_inst, shapes = input_pipeline.plan_buckets(setup.featurizer, config.phase, docs["train"],
                                                                  config.num_buckets)
     if not train_inst:
-        raise ValueError("the training split produced no instances (no sentences, or no entities for RE)")
+        raise UserError("the training split produced no instances (no sentences, or no entities for RE)")
     setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes)
     training = input_pipeline.TrainingSet(featurizer, config.phase, docs["train"], train_inst, shapes, config)
     train_inst, train_shapes = training.first, training.shapes
-    if writer_process:
-        input_pipeline.save_shapes(workdir_p / evaluate.SHAPES_FILE, featurizer, config.phase, shapes, train_shapes)
     # Built once per run: every evaluation reuses them.
     eval_inst = {s: input_pipeline.make_instances(featurizer, config.phase, docs[s], ents.get(s)) for s in ("dev", "test")}
 
@@ -123,14 +169,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              f" ({training.sampling}; evaluation shapes {list(shapes)})" if training.sampling else "")
 
     sample = input_pipeline.stack(train_inst[:1])
+    state = init_state(setup, sample, total_steps, initial_encoder(config) if previous is None else None)
+
+    # Everything checked: from here on the run writes.
+    if writer_process:
+        workdir_p.mkdir(parents=True, exist_ok=True)
+        if changed:  # --resume=force: the config the first steps were trained with stays on record
+            (workdir_p / f"config.step{previous}.json").write_text((workdir_p / "config.json").read_text())
+        save_run_config(config, workdir_p)
+        run_record.record_start(workdir_p)
+        run_record.record_training_data(workdir_p, docs["train"])
+        input_pipeline.save_shapes(workdir_p / evaluate.SHAPES_FILE, featurizer, config.phase, shapes, train_shapes)
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
-    fresh = ckpt.latest_step() is None
-    state = init_state(setup, sample, total_steps, initial_encoder(config) if fresh else None)
     start_step, best_f1 = 0, -1.0
-    if not fresh:
+    if previous is not None:
         state = ckpt.restore_latest(state)
         start_step = int(state.step)
-        best_f1 = ckpt.best_metric() or -1.0
+        best = ckpt.best_metric()
+        best_f1 = -1.0 if best is None else best  # a best F1 of 0.0 is a best F1
         log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
     state = runner.put_state(state)
 
@@ -147,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      like=train_inst[0])
         return runner.put_batch(input_pipeline.cut(batch, train_shapes[b]))
 
-    writer = metric_writers.create_default_writer(workdir_p)
+    writer = metric_writers.create_default_writer(workdir_p, resume_step=start_step)
     writer.write_hparams(config.to_dict())
     pending: list[tuple[int, Any]] = []
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.phase}", disable=None, unit="step")
@@ -204,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results[split] = result
         if writer_process:
             predictions.write_predictions(workdir_p / "predictions" / f"{input_pipeline.split_name(config, split)}.jsonl",
-                                          pred, predictions.prediction_settings(config, results["best_step"]))
+                                          pred, predictions.prediction_settings(config, results["best_step"], workdir_p))
             table = metrics_lib.format_table(result, evaluation.table_tasks(config))
             print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")
     results["compiles"] = dict(runner.compiles)

@@ -128,8 +128,19 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
     assert not (tmp_path / "a" / "results.json").exists()
     resumed = run(common + [f"--workdir={tmp_path / 'a'}"])
     assert "resumed from step 2" in resumed.stderr
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss" in r]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # step 3, logged before the kill, is logged once
+    best_at_2 = next(r["dev/ner_micro_f1"] for r in records if r.get("step") == 2 and "dev/ner_micro_f1" in r)
+    assert f"best dev F1 so far {best_at_2:.4f}" in resumed.stderr  # 0.0 is a best F1, not "none yet" (-1)
     # stderr is not a terminal here (as under SLURM): plain progress lines replace the bar.
     assert re.search(r"train ner step 4/6 epoch \d+ loss \d+\.\d+ \d+\.\d+ steps/s ETA \d+m\d\ds", resumed.stderr)
+    # Rerunning with another seed (or forgetting to change --workdir) is refused, the run left as it was.
+    saved = (tmp_path / "a" / "config.json").read_text()
+    refused = run(common + [f"--workdir={tmp_path / 'a'}", "--config.seed=7"], check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "seed 0 -> 7" in refused.stderr and "--resume=force" in refused.stderr
+    assert (tmp_path / "a" / "config.json").read_text() == saved
     run(common + [f"--workdir={tmp_path / 'b'}"])
     step_a, params_a, opt_a = _final_params(tmp_path / "a")
     step_b, params_b, opt_b = _final_params(tmp_path / "b")
@@ -139,8 +150,8 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # Restore the best checkpoint for evaluation, as a user would.
     out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=test"])
-    assert "ner" in out.stdout and (tmp_path / "a" / "eval_test.json").exists()
-    result = json.loads((tmp_path / "a" / "eval_test.json").read_text())
+    assert "ner" in out.stdout and (tmp_path / "a" / "eval" / "test.json").exists()
+    result = json.loads((tmp_path / "a" / "eval" / "test.json").read_text())
     assert result["ner"]["micro"]["n_gold"] > 0
     # Evaluation batches and splits slots as training did (shapes.json): the same scores as the run's own.
     assert result == json.loads((tmp_path / "a" / "results.json").read_text())["test"]
@@ -150,19 +161,18 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
     from lai_jax.config_base import load_run_config
     own = load_run_config(tmp_path / "a").ner.filter_threshold
     out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=test",
-               f"--sweep=ner.filter_threshold={own},1.01"])
-    sweep = json.loads((tmp_path / "a" / "eval_test_sweep.json").read_text())
-    assert [r["value"] for r in sweep["runs"]] == [own, 1.01] and "ner.filter_threshold" in out.stdout
+               f"--sweep=ner.filter_threshold={own},1.0"])
+    sweep = json.loads((tmp_path / "a" / "eval" / "test_sweep.json").read_text())
+    assert [r["value"] for r in sweep["runs"]] == [own, 1.0] and "ner.filter_threshold" in out.stdout
     assert sweep["runs"][0]["result"] == result
     assert sweep["runs"][1]["result"]["ner"]["micro"]["n_pred"] == 0
-    # A decoding override, as when tuning the filter threshold on dev: no probability exceeds 1.01.
-    out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--split=dev",
-               "--set=ner.filter_threshold=1.01"])
-    result = json.loads((tmp_path / "a" / "eval_dev.json").read_text())
-    assert result["overrides"] == {"ner.filter_threshold": 1.01}
+    # A decoding override, as when tuning the filter threshold on dev (the default split): no probability is 1.
+    out = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--set=ner.filter_threshold=1"])
+    result = json.loads((tmp_path / "a" / "eval" / "dev.json").read_text())
+    assert result["overrides"] == {"ner.filter_threshold": 1.0}
     assert result["ner"]["micro"]["n_pred"] == 0 and result["ner"]["micro"]["n_gold"] > 0
     bad = run(["-m", "lai_jax.evaluate", f"--workdir={tmp_path / 'a'}", "--set=model.dtype=bfloat16"], check=False)
-    assert bad.returncode != 0 and "ner.filter_threshold" in bad.stderr
+    assert bad.returncode == 2 and "ner.filter_threshold" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_saved_config_missing_newer_fields_still_loads(tmp_path):
@@ -182,7 +192,8 @@ def test_saved_config_missing_newer_fields_still_loads(tmp_path):
     assert config.model.dropout_bits == base_config("conll04", "ner").model.dropout_bits
     assert config.batch_size == base_config("conll04", "ner").batch_size
     assert config.data.holdout_seed == 3  # such runs drew the dev hold-out with the training seed
-    assert config.max_text_len == 77 and config.re.entities_from == "somewhere"
+    # a run reference that is a run neither from the workdir nor from here resolves from the workdir
+    assert config.max_text_len == 77 and config.re.entities_from == str(tmp_path / "somewhere")
     (tmp_path / "config.json").write_text(json.dumps({"foo": 1}))
     with pytest.raises(ValueError, match="not a lai-jax run config"):
         load_run_config(tmp_path)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from lai_jax.cli import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Malformed input. The message always names the file, the line or document, and the field."""
 
     def __init__(self, path: str, where: str, field: str, message: str):
