@@ -57,7 +57,7 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
 
 
-def tiny_config(phase: str, encoder: str, **overrides):
+def tiny_config(phase: str, encoder: str, /, **overrides):
     """configs/quick.py with toy shapes: trains a step in about a second on a CPU."""
     from configs.quick import get_config
     from lai_jax.config_base import set_fields

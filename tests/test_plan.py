@@ -12,7 +12,7 @@ from lai_jax.pretrained import RANDOM_SIZES
 # square. Short text and few slots keep the heads small next to the encoder; one batch shape, one compile.
 ARGS = ["--config=configs/scierc.py:ner", "--encoder=random:bert-mini", "--devices=2", "--tflops=100", "--json",
         "--set", "data.use_tfds=False", "--set", "data.train_limit=16", "--set", "num_buckets=1",
-        "--set", "max_text_len=64", "--set", "max_candidates=16", "--set", "batch_size=32"]
+        "--set", "max_text_len=128", "--set", "max_candidates=16", "--set", "batch_size=32"]
 
 
 def hand_count(batch: int, tokens: int, hidden: int, layers: int, intermediate: int) -> float:

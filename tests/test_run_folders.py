@@ -54,8 +54,8 @@ def test_moved_runs_evaluate_and_predict_from_any_folder(pair, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path / "third")
     own = json.loads((moved / "re" / "results.json").read_text())["test"]
     assert evaluate.evaluate_split(moved / "re", "test") == own  # the copied NER run's entities, from elsewhere
-    sweep = evaluate.sweep_split(moved / "re", "dev", "re.threshold", [0.3, 0.7])
-    assert "re.re_decode=sum" in sweep["ignored"]  # the quick config's RE decoding has no threshold
+    sweep = evaluate.sweep_split(moved / "re", "dev", "re.threshold", [0.3, 0.7], {"re.re_decode": "sum"})
+    assert "re.re_decode=sum" in sweep["ignored"]  # PL-Marker's sum rule has no threshold
     proc = cli(["-m", "lai_jax.predict", f"--ner={moved / 'ner'}", f"--re={moved / 're'}", "--input=-",
                 "--output=-"], cwd=tmp_path / "third", stdin="John Smith works for Acme Corp in Boston .\n")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -165,7 +165,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path):
 
 def test_flag_errors_name_the_flag():
     """A config file's own error (a bad phase) comes wrapped in its traceback by config_flags: one line is kept."""
-    from ml_collections import config_flags
+    from ml_collections.config_flags import config_flags
     from lai_jax.cli import _flag_message
     argv = ["main", "--config=configs/quick.py:nre"]
     with pytest.raises(ValueError) as e:
