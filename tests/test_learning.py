@@ -33,7 +33,10 @@ def overfit(phase, data_dir, workdir, epochs, **overrides):
         "max_span_len": 3, "max_candidates": 48, "max_objects": 8, "num_epochs": epochs,
         "batch_size": 4 if phase == "ner" else 8, "optim.learning_rate": 3e-3,
         "optim.encoder_learning_rate": 2e-4, "optim.warmup_ratio": 0.05, "model.dropout": 0.0,
-        "model.encoder_dropout": 0.0, "eval_every_epochs": 10_000, "log_every_steps": 1, **overrides})
+        "model.encoder_dropout": 0.0, "eval_every_epochs": 10_000, "log_every_steps": 1,
+        # Every candidate and subject, one shape, as these overfitting checks were calibrated (quick.py samples).
+        "ner.train_negatives": 0, "re.negative_subject_rate": 1.0, "num_buckets": 1, "re.re_decode": "sum",
+        **overrides})
     result = train.train_and_evaluate(c, str(workdir))
     losses = [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl") if '"loss"' in line]
     per_epoch = len(losses) // epochs
