@@ -92,12 +92,18 @@ class _RunLog(logging.FileHandler):
     """The `lai_jax` logger's copy into a run's log.txt (one at a time per process)."""
 
 
-def attach_log(workdir: str | Path) -> None:
-    """Tee the `lai_jax` logger into <workdir>/log.txt (appending), replacing an earlier run's tee."""
+def detach_log() -> None:
+    """Stop teeing the `lai_jax` logger into a run's log.txt (a no-op when no run's log is open)."""
     logger = logging.getLogger("lai_jax")
     for h in [h for h in logger.handlers if isinstance(h, _RunLog)]:
         logger.removeHandler(h)
         h.close()
+
+
+def attach_log(workdir: str | Path) -> None:
+    """Tee the `lai_jax` logger into <workdir>/log.txt (appending), replacing an earlier run's tee."""
+    detach_log()
+    logger = logging.getLogger("lai_jax")
     handler = _RunLog(Path(workdir) / LOG_FILE, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)

@@ -129,6 +129,17 @@ def format_eta(seconds: float) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: str = "auto") -> dict:
     """Train one phase with dev-based checkpoint selection, then score the best checkpoint on dev and test.
 
+    See `_train_and_evaluate`. The run's log.txt stops receiving the `lai_jax` logger when this returns or raises.
+    """
+    try:
+        return _train_and_evaluate(config, workdir, resume)
+    finally:
+        run_record.detach_log()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: str) -> dict:
+    """The body of `train_and_evaluate`.
+
     A workdir with checkpoints is resumed from the latest one if its config.json matches `config`
     (`resume_step`; `resume="force"` resumes whatever changed). Every check (values, batch division, the
     resume, encoder, data, model) runs before anything is written, so a refused run leaves the workdir as it
@@ -162,11 +173,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
-    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d = %d per device x %d device(s) (%s) "
-             "x %d process(es) x %d accumulation step(s), batch shapes (slots, tokens) %s holding %s instances%s",
-             len(train_inst), steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode,
-             jax.process_count(), config.grad_accum_steps, list(train_shapes), [len(g) for g in groups],
-             f" ({training.sampling}; evaluation shapes {list(shapes)})" if training.sampling else "")
 
     sample = input_pipeline.stack(train_inst[:1])
     state = init_state(setup, sample, total_steps, initial_encoder(config) if previous is None else None)
@@ -180,6 +186,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         run_record.record_start(workdir_p)
         run_record.record_training_data(workdir_p, docs["train"])
         input_pipeline.save_shapes(workdir_p / evaluate.SHAPES_FILE, featurizer, config.phase, shapes, train_shapes)
+    # Logged once the run's log.txt is open, so that the run folder keeps it.
+    log.info("%d train instances, %d steps/epoch, %d steps, global batch %d = %d per device x %d device(s) (%s) "
+             "x %d process(es) x %d accumulation step(s), batch shapes (slots, tokens) %s holding %s instances%s",
+             len(train_inst), steps_per_epoch, total_steps, global_batch, per_device, runner.n, runner.mode,
+             jax.process_count(), config.grad_accum_steps, list(train_shapes), [len(g) for g in groups],
+             f" ({training.sampling}; evaluation shapes {list(shapes)})" if training.sampling else "")
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
     start_step, best_f1 = 0, -1.0
     if previous is not None:

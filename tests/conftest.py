@@ -67,6 +67,7 @@ def tiny_config(phase: str, encoder: str, /, **overrides):
             "per_device_eval_batch_size": 8, "model.gcn_heads": 2, "model.dropout": 0.1, "log_every_steps": 1,
             "num_epochs": 1,
             # The shapes and full enumeration the tests were written for (configs/quick.py now samples).
-            "num_buckets": 1, "ner.train_negatives": 0, "re.negative_subject_rate": 1.0, "cold_start_epochs": 1 if phase == "ner" else 0}
+            "num_buckets": 1, "ner.train_negatives": 0, "re.negative_subject_rate": 1.0,
+            "re.re_decode": "sum", "cold_start_epochs": 1 if phase == "ner" else 0}
     base.update(overrides)
     return set_fields(c, **base)

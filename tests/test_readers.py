@@ -81,8 +81,8 @@ def test_pure_scores_ride_alongside_and_do_not_affect_equality(tmp_path):
     assert out["relation_scores"] == [[0.5], []]
     assert Entity(0, 0, "PER", 0.1) == Entity(0, 0, "PER") and len({Entity(0, 0, "PER", 0.1), Entity(0, 0, "PER")}) == 1
     back = document_from_pure(json.loads(json.dumps(out)), LABELS)
-    assert back == doc  # the reader ignores the score lists; spans and types survive
-    assert "ner_scores" not in back.to_pure()
+    assert back == doc  # scores do not take part in equality; spans and types survive
+    assert back.to_pure() == out  # and the scores are read back (an RE run's entities_from keeps them)
 
 
 def test_pure_multiword_entities_and_blank_lines(tmp_path):
