@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lai_jax import evaluation
+from lai_jax.checkpoints import NoReadableCheckpoint
 from lai_jax.config_base import load_run_config
 from lai_jax.evaluate import restore_run
 from lai_jax.data.documents import DataError, Entity
@@ -117,6 +118,8 @@ def _restore(workdir: str, batch_size: Optional[int]):
         setup, runner, state = restore_run(workdir)
     except FileNotFoundError as e:
         raise PredictError(f"{workdir}: {e}") from None
+    except NoReadableCheckpoint as e:  # names the checkpoints and the folder to delete
+        raise PredictError(str(e)) from None
     if batch_size:
         setup.config.per_device_eval_batch_size = int(batch_size)
     return setup, runner, state
