@@ -210,9 +210,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
 
     # Final report: the dev-selected checkpoint on dev and test.
-    host_params = runner.get_state(state.params)
-    best_step, best = ckpt.restore_params(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                       host_params))
+    pmap = runner.mode == "pmap"  # a leading device axis on every leaf
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype), state.params)
+    best_step, best = ckpt.restore_params(like)
     best = runner.put_state(best)
     results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": best_step,
                                "steps": step, "wall_s": round(time.time() - t0, 1)}

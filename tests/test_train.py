@@ -114,6 +114,11 @@ def test_one_compile_per_phase_with_short_last_batch(tiny_bert, tmp_path):
     # dev/test evaluations share one eval compile.
     assert result["compiles"] == {"train": 1, "eval": 1}
     assert (tmp_path / "predictions" / "test.jsonl").exists() and (tmp_path / "results.json").exists()
+    clock = json.loads((tmp_path / "results.json").read_text())["wall_clock_s"]
+    parts = ("compile", "train_steps", "evaluation", "checkpoint_waits", "host_input", "setup", "other")
+    assert set(clock) == {*parts, "total"} and all(clock[p] >= 0 for p in parts if p != "other")
+    assert clock["compile"] > 0 and clock["train_steps"] > 0 and clock["evaluation"] > 0
+    assert abs(sum(clock[p] for p in parts) - clock["total"]) < 0.05 + 0.01 * clock["total"]
 
 
 def _final_params(workdir: Path):
