@@ -158,7 +158,7 @@ def jax_epoch(setup, instances: Sequence, buckets: Sequence[tuple[int, int]], pl
             "compile_s": round(sum(compile_s.values()), 2), "compile_s_per_bucket": {k: round(v, 2) for k, v in
                                                                                       compile_s.items()},
             "jax_recompiles": runner.compiles["train"] - traces,
-            "jax_mean_loss": round(statistics.fmean(float(x) for x in losses), 4)}, host_params
+            "jax_mean_loss": round(statistics.fmean(float(np.asarray(x).reshape(())) for x in losses), 4)}, host_params
 
 
 def torch_epoch(config, setup, instances: Sequence, plan: Plan, host_params, threads: int, attn: str

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lai_jax import decoding, metrics as metrics_lib, pretrained
+from lai_jax import decoding, encoder, metrics as metrics_lib, pretrained
 from lai_jax.cli import UserError
 from lai_jax.config_base import get_field
 from lai_jax.data import features, masks
@@ -30,6 +30,7 @@ class Setup:
     encoder_params: dict
     head: HeadConfig
     shapes: tuple = ()  # (slots, tokens) per batch bucket (`input_pipeline.plan_buckets`); () = the full (K, T)
+    checkpoint_step: Optional[int] = None  # the step of the checkpoint restored for evaluation, if any
 
 
 def feature_config(config) -> features.FeatureConfig:
@@ -110,11 +111,30 @@ def check_graph(config, hidden: int) -> None:
         raise UserError(f"config model.*: {e} (the encoder {config.encoder!r} has hidden size {hidden})") from None
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Any:
+    """`model.dtype` as a jnp dtype; "auto" is bfloat16 on GPUs and TPUs (their matmul units run bf16 at twice
+    TF32's rate and half the activation traffic), float32 on CPUs (no bf16 matmul units: slower, not faster)."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    if name not in DTYPES:
+        raise ValueError(f"config model.dtype={name!r}: expected auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def fused_attention_available(dtype: Any, head_dim: int) -> bool:
+    """Whether training could take cuDNN's fused attention here if attention dropout were 0 (what
+    `model.attention_dropout=-1` then picks; see `lai_jax.encoder.attention_implementation`)."""
+    return encoder.attention_implementation(encoder.backend_platform(), dtype, 0.0, head_dim, seq_len=2)[0] == "cudnn"
+
+
 def build(config) -> Setup:
     """Labels, tokenizer, featurizer and model for `config` (the encoder's pretrained weights loaded, not placed)."""
     check_config(config)
     labels = load_labels(labels_path(config))
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    dtype = compute_dtype(config.model.dtype)
     enc, enc_params, tokenizer = pretrained.load(config.encoder, dtype=dtype, remat=config.model.remat)
     changes: dict[str, Any] = {"dropout_bits": config.model.dropout_bits}
     if config.model.encoder_dropout >= 0:
@@ -122,6 +142,8 @@ def build(config) -> Setup:
                        attention_probs_dropout_prob=config.model.encoder_dropout)
     if config.model.attention_dropout >= 0:
         changes["attention_probs_dropout_prob"] = config.model.attention_dropout
+    elif fused_attention_available(dtype, enc.config.head_dim):
+        changes["attention_probs_dropout_prob"] = 0.0  # "auto" on a GPU: training takes the fused kernel
     bert = dataclasses.replace(enc.config, **changes)
     check_graph(config, bert.hidden_size)
     featurizer = features.Featurizer(tokenizer, labels, feature_config(config))

@@ -91,8 +91,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     # Encoder dropout (hidden and attention); -1 keeps the values of the encoder's config.json.
     c.model.encoder_dropout = -1.0
-    # Attention-probability dropout alone (after encoder_dropout); -1 keeps it. 0 lets training use
-    # jax.nn.dot_product_attention, which has no dropout but can run as a fused (cuDNN) kernel on GPUs.
+    # Attention-probability dropout alone (after encoder_dropout). -1 = auto: 0 where training can then run
+    # cuDNN's fused attention kernel (a GPU computing in bfloat16: jax.nn.dot_product_attention has no dropout),
+    # else the encoder's value (BERT: 0.1). Set it (0.1) to keep attention dropout on GPUs too (XLA attention).
     c.model.attention_dropout = -1.0
     # Random bits per dropout draw: 8 needs a quarter of the RNG work of flax's Dropout (the rate is rounded
     # to 1/256: 0.1 -> 0.1016); 16 rounds to 1/65536; 32 is flax's exact Dropout. See lai_jax/dropout.py.
@@ -111,8 +112,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # L_span is a sum over the spans the classifier sees divided by: "kept" (those spans, the paper's mean) or
     # "candidates" (all real candidates, the same scale as L_filter).
     c.model.span_loss_norm = "candidates"
-    # Compute dtype: float32 | bfloat16 (parameters stay float32).
-    c.model.dtype = "float32"
+    # Compute dtype: auto (bfloat16 on GPUs and TPUs, float32 on CPUs) | float32 | bfloat16. Parameters and
+    # optimiser state stay float32; the classifier and filter logits and the G4CN graph are float32 always.
+    c.model.dtype = "auto"
     # Rematerialise each encoder layer (saves activation memory on long inputs).
     c.model.remat = False
 
@@ -132,12 +134,21 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.max_steps = 0
     # Training batches built and moved to the devices ahead of the step that needs them (background thread).
     c.prefetch_batches = 2
-    # Evaluate on dev (and checkpoint) every N epochs, and at the end.
+    # Evaluate on dev every N epochs, and at the end. Each evaluation at least as good as the best before saves
+    # the parameters (checkpoints/params/: what evaluate and predict read).
     c.eval_every_epochs = 1
     # Or every N steps if > 0 (overrides eval_every_epochs).
     c.eval_every_steps = 0
+    # The full train state (parameters and Adam moments, 3x the parameters) for resuming is saved every N
+    # evaluations and at the last step (checkpoints/state/). A kill loses at most N evaluation intervals (5
+    # epochs of SciERC NER: about 240 steps, under a minute on one H100); writing BERT-base's 1.3 GB state
+    # every epoch would cost more disk traffic than the steps take. 1 = at every evaluation.
+    c.checkpoint_every_evals = 5
     # Console / TensorBoard loss logging interval in steps (also the NaN-check interval).
     c.log_every_steps = 10
+    # JAX's persistent compilation cache: "" = $LAI_JAX_COMPILE_CACHE or ~/.cache/lai_jax/jax_cache, "off",
+    # or a folder. Reruns, resumes, other seeds, evaluate and predict load compiled steps instead of compiling.
+    c.compile_cache = ""
 
     c.optim = ml_collections.ConfigDict()
     # Peak learning rate of the heads (paper: 4e-4).

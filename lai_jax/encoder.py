@@ -12,6 +12,7 @@ Attention runs through cuDNN's fused kernel where it applies (GPU, bfloat16, no 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -158,7 +159,7 @@ def attention_implementation(
     return "cudnn", ""
 
 
-def _platform() -> str:
+def backend_platform() -> str:
     """jax's default backend, with "gpu" told apart as "cuda" or "rocm"."""
     backend = jax.default_backend()
     if backend != "gpu":
@@ -192,6 +193,38 @@ def manual_attention(
     if dropout is not None:
         probs = dropout(probs)
     return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+
+
+def fused_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+    """cuDNN's fused attention with the mask bias as a constant: its backward computes no bias gradient.
+
+    jax's cuDNN attention makes its backward kernel write a bias gradient ([B,1,T,T] per layer) for any bias it
+    is given (`should_export_dbias` is always true in jax 0.10), whether or not anything differentiates the
+    bias; stop_gradient alone does not remove it, since the custom VJP's kernel computes all its outputs. The
+    mask bias is a constant, so that export is switched off while the call is traced.
+    """
+    with _no_bias_gradient():
+        return jax.nn.dot_product_attention(query, key, value, bias=jax.lax.stop_gradient(bias),
+                                            implementation="cudnn")
+
+
+@contextlib.contextmanager
+def _no_bias_gradient():
+    """While tracing: jax's cuDNN attention decides from `should_export_dbias` (private) whether its backward
+    writes a bias gradient. Without that hook (another jax) nothing changes and the gradient is only unused."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as fused
+    except ImportError:
+        fused = None
+    if fused is None or not hasattr(fused, "should_export_dbias"):
+        yield
+        return
+    export = fused.should_export_dbias
+    fused.should_export_dbias = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        fused.should_export_dbias = export
 
 
 class BertEmbeddings(nn.Module):
@@ -231,7 +264,10 @@ class BertLayer(nn.Module):
         rate = cfg.attention_probs_dropout_prob
         if deterministic or rate == 0.0:
             # dot_product_attention has no dropout, hence the else.
-            ctx = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.attention)
+            if self.attention == "cudnn":
+                ctx = fused_attention(q, k, v, bias)
+            else:
+                ctx = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
         else:
             drop = Dropout(rate, cfg.dropout_bits, name="attention_dropout")
             ctx = manual_attention(q, k, v, bias, lambda p: drop(p, deterministic=False))
@@ -282,7 +318,7 @@ def _attention_bias(
 ) -> tuple[str, jnp.ndarray]:
     """(implementation, additive bias) for every layer; the reason is logged once when it is not cuDNN."""
     rate = 0.0 if deterministic else config.attention_probs_dropout_prob
-    implementation, why = attention_implementation(_platform(), config.dtype, rate, config.head_dim, seq_len)
+    implementation, why = attention_implementation(backend_platform(), config.dtype, rate, config.head_dim, seq_len)
     if implementation == "xla":
         _log_xla_reason(why)
         return implementation, mask_to_bias(attention_mask, config.dtype)

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from lai_jax import checkpoints, evaluation, input_pipeline, metrics as metrics_lib, predictions
+from lai_jax import checkpoints, compile_cache, evaluation, input_pipeline, metrics as metrics_lib, predictions
 from lai_jax.build import Setup, build, check_config, init_state
 from lai_jax.cli import UserError
 from lai_jax.config_base import RUN_REFERENCES, base_config, load_run_config, parse_assignment, set_fields
@@ -43,8 +43,13 @@ log = logging.getLogger("lai_jax")
 
 
 def restore_run(workdir: str | Path) -> tuple[Setup, Runner, object]:
-    """(setup, runner, device state of the best checkpoint) for a finished or running workdir."""
+    """(setup, runner, device parameters of the best readable checkpoint) for a finished or running workdir.
+
+    Only the parameters are read (no optimiser state); `setup.checkpoint_step` says which step they are. A
+    damaged best checkpoint is passed over with a warning (`Checkpoints.restore_params`).
+    """
     config = load_run_config(workdir)
+    compile_cache.enable(config.compile_cache)
     setup = build(config)
     featurizer, shapes = input_pipeline.load_shapes(Path(workdir) / SHAPES_FILE, setup.featurizer, config.phase)
     setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes)
@@ -52,9 +57,9 @@ def restore_run(workdir: str | Path) -> tuple[Setup, Runner, object]:
     sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, config.phase, dummy)[:1])
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
     # Only shapes are needed to restore against: eval_shape skips compiling and running the init.
-    state = jax.eval_shape(lambda: init_state(setup, sample, total_steps=1))
-    state = checkpoints.Checkpoints(Path(workdir) / "checkpoints").restore_best(state)
-    return setup, runner, runner.put_state(state)
+    like = jax.eval_shape(lambda: init_state(setup, sample, total_steps=1)).params
+    step, params = checkpoints.Checkpoints(Path(workdir) / "checkpoints", read_only=True).restore_params(like)
+    return dataclasses.replace(setup, checkpoint_step=step), runner, runner.put_state(params)
 
 
 def predicted_entities(config, split: str, docs: list[Document]) -> Optional[list]:
@@ -153,7 +158,7 @@ def evaluate_split(workdir: str | Path, split: str, overrides: dict | None = Non
     """
     setup, runner, state, docs, ents = _restore_split(workdir, split, overrides)
     pred, result = evaluation.evaluate_documents(runner, state, setup, docs, ents, split)
-    step = checkpoints.Checkpoints(Path(workdir) / "checkpoints").best_step()  # a collective too (orbax)
+    step = setup.checkpoint_step
     if jax.process_index() != 0:  # every process scored the split (a collective); process 0 writes it
         return result
     folder = Path(workdir) / ("predictions" if write else EVAL_DIR)

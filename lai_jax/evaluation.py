@@ -2,7 +2,6 @@
 and `predict`."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -15,8 +14,11 @@ from lai_jax.data.features import Instance
 from lai_jax.parallel import Runner, host_block
 
 
-def forward(runner: Runner, state, setup: Setup, instances: Sequence[Instance], desc: str) -> list[dict]:
+def forward(runner: Runner, params, setup: Setup, instances: Sequence[Instance], desc: str) -> list[dict]:
     """Probabilities per instance (host numpy), batched by the setup's bucket shapes with zero-weight padding.
+
+    Every batch is dispatched before any output is fetched, so the devices never wait for the host between
+    batches; the batches are stacked and moved to the devices in a background thread (`prefetch_batches`).
 
     Several processes: each builds the same global batches (every process holds all `instances`), feeds its
     `host_block` of rows and receives every row's outputs, so all processes run the same number of eval steps
@@ -26,12 +28,17 @@ def forward(runner: Runner, state, setup: Setup, instances: Sequence[Instance], 
     batch_size = setup.config.per_device_eval_batch_size * runner.global_n
     block = host_block(batch_size)
     shapes = setup.shapes or (input_pipeline.full_shape(setup.featurizer, phase),)
+    # The whole global batch is stacked on every host (cheap next to the forward), then cut to its block.
+    placed = ((runner.put_batch({k: v[block] for k, v in batch.items()}), chunk)
+              for batch, chunk in input_pipeline.eval_batches(instances, shapes, batch_size))
+    batches = input_pipeline.prefetch(placed, setup.config.prefetch_batches)
+    try:
+        dispatched = [(runner.eval_async(params, batch), chunk) for batch, chunk in batches]
+    finally:
+        batches.close()
     out: list[Optional[dict]] = [None] * len(instances)
-    n_batches = math.ceil(len(instances) / batch_size) + len(shapes) - 1
-    for batch, chunk in tqdm(input_pipeline.eval_batches(instances, shapes, batch_size), total=n_batches,
-                             desc=desc, leave=False, disable=None):
-        # The whole global batch is stacked on every host (cheap next to the forward), then cut to its block.
-        probs = runner.eval(state, {k: v[block] for k, v in batch.items()})
+    for device_out, chunk in tqdm(dispatched, desc=desc, leave=False, disable=None):
+        probs = runner.fetch(device_out)
         for row, i in enumerate(chunk):
             out[i] = {k: v[row] for k, v in probs.items()}
     return out
@@ -101,12 +108,12 @@ def score_documents(setup: Setup, gold: Sequence[Document], pred: Sequence[Docum
     return {task: scores[task] for task in table_tasks(setup.config)}
 
 
-def evaluate_documents(runner: Runner, state, setup: Setup, docs: list[Document], entities=None,
+def evaluate_documents(runner: Runner, params, setup: Setup, docs: list[Document], entities=None,
                        desc: str = "eval", instances: Optional[list] = None) -> tuple[list[Document], dict]:
-    """Featurize (unless the split's `instances` are given), run, decode and score one split."""
+    """Featurize (unless the split's `instances` are given), run with `params`, decode and score one split."""
     if instances is None:
         instances = input_pipeline.make_instances(setup.featurizer, setup.config.phase, docs, entities)
-    probs = forward(runner, state, setup, instances, desc)
+    probs = forward(runner, params, setup, instances, desc)
     pred = decode_documents(setup, docs, instances, probs, entities)
     return pred, score_documents(setup, docs, pred)
 

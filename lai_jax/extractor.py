@@ -108,7 +108,7 @@ class Phase:
     workdir: str
     setup: Any  # lai_jax.build.Setup
     runner: Any  # lai_jax.parallel.Runner
-    state: Any  # the best checkpoint, on the devices
+    params: Any  # the best readable checkpoint's parameters, on the devices
     document_context: bool
 
     @classmethod
@@ -117,19 +117,22 @@ class Phase:
         from lai_jax.evaluate import restore_run
         config = check_workdir(workdir, phase)
         context = run_record.document_context(workdir, config)
+        from lai_jax.checkpoints import NoReadableCheckpoint
         try:
-            setup, runner, state = restore_run(workdir)
+            setup, runner, params = restore_run(workdir)
         except FileNotFoundError as e:
             raise PredictError(f"{workdir}: {e}") from None
+        except NoReadableCheckpoint as e:  # names the checkpoints and the folder to delete
+            raise PredictError(str(e)) from None
         if batch_size:
             setup.config.per_device_eval_batch_size = int(batch_size)
         log.info("%s: %s run, %s", workdir, phase.upper(), "sentences in their document's context" if context
                  else "each sentence on its own (trained on single-sentence documents)")
-        return cls(str(workdir), setup, runner, state, context)
+        return cls(str(workdir), setup, runner, params, context)
 
     def forward(self, instances) -> list[dict]:
         from lai_jax import evaluation
-        return evaluation.forward(self.runner, self.state, self.setup, instances, self.setup.config.phase) \
+        return evaluation.forward(self.runner, self.params, self.setup, instances, self.setup.config.phase) \
             if instances else []
 
 

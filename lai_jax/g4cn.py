@@ -21,7 +21,8 @@ Design choices (all documented where they are made):
 * Padding: masked nodes get no edges in or out (their rows and columns of ``A`` are zero, so they
   do not enter row sums either), their inputs are zeroed before the Gaussian generator (finite
   ``mu``/``sigma`` keep gradients finite) and their outputs are zero.
-* The KL matrix and Gaussians are always computed in float32 (or wider), whatever ``dtype``.
+* The KL matrix and Gaussians are always computed in float32 (or wider), whatever ``dtype``, and so is the
+  aggregation over the adjacency (its row sums and ``A X``); the blocks' other matmuls run in ``dtype``.
 """
 
 from __future__ import annotations
@@ -149,8 +150,10 @@ class G4CNBlock(nn.Module):
         """x ``[B, n, d]``, adj ``[B, H, n, n]``, denom ``[B, H, n, 1]`` -> ``[B, n, d]``."""
         d, H = self.hidden, self.heads
         x = x.astype(self.dtype)
-        adj = adj.astype(self.dtype)
-        denom = denom.astype(self.dtype)
+        # The KL adjacency, its row sums and the aggregation over it stay float32 whatever `dtype`: KL edges are
+        # unbounded and bf16 keeps 8 bits, so a row's small edges would vanish next to its large ones.
+        adj = adj.astype(jnp.float32)
+        denom = denom.astype(jnp.float32)
         # Per-head kernels: fan-in is the sub-layer input width, as for a torch/flax Dense.
         kinit = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         cache: list[jnp.ndarray] = []  # x_1..x_l, each [B, H, n, w]; X_0 = x is shared by heads
@@ -167,8 +170,9 @@ class G4CNBlock(nn.Module):
             for c in cache:
                 xw = xw + jnp.einsum("bhnc,hcw->bhnw", c, kernel[:, off : off + c.shape[-1]])
                 off += c.shape[-1]
-            pre = jnp.einsum("bhij,bhjw->bhiw", adj, xw) + xw + 2.0 * bias[None, :, None, :]
-            g = nn.relu(pre / denom)
+            xw32 = xw.astype(jnp.float32)
+            pre = jnp.einsum("bhij,bhjw->bhiw", adj, xw32) + xw32 + 2.0 * bias[None, :, None, :]
+            g = nn.relu(pre / denom).astype(self.dtype)
             cache.append(g)  # the next sub-layer sees the un-dropped output, as in GDPNet
             outs.append(Dropout(self.dropout, self.dropout_bits)(g, deterministic=deterministic))
         y = jnp.concatenate(outs, axis=-1) + x[:, None]  # [B, H, n, d], residual per head

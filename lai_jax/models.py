@@ -97,9 +97,12 @@ class LAIHeads(nn.Module):
                      gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dropout_bits=cfg.dropout_bits,
                      zero_init_out=cfg.gcn_zero_init, dtype=self.dtype, name="g4cn")(nodes, node_mask, deterministic=deterministic)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
-        out = {"logits": dense(cfg.num_classes, "classifier")(cand).astype(jnp.float32)}
+        # The classifier and filter compute in float32 whatever `dtype`: tiny matmuls, and their logits feed the
+        # softmax losses and the decoding thresholds directly.
+        cand32 = cand.astype(jnp.float32)
+        out = {"logits": nn.Dense(cfg.num_classes, dtype=jnp.float32, name="classifier")(cand32)}
         if cfg.phase == "ner" and cfg.use_filter:
-            out["filter_logits"] = dense(2, "filter")(cand).astype(jnp.float32)
+            out["filter_logits"] = nn.Dense(2, dtype=jnp.float32, name="filter")(cand32)
         return out
 
 

@@ -51,29 +51,36 @@ class Runner:
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.n = len(self.devices)
         self.global_n = self.n * jax.process_count() if devices is None else self.n  # devices over all processes
+        # Executables compiled per step kind: one per batch signature (field names, shapes, dtypes). The
+        # tests prove static shapes with it; a trace without a compile (or a jit cache hit) does not count.
         self.compiles = {"train": 0, "eval": 0}
-        self._compiled_train: dict[tuple, Any] = {}  # batch signature -> executable from `compile_train`
-        counted_train = self._counting(train_step, "train")
-        counted_eval = self._counting(eval_step, "eval")
+        self._executables: dict[tuple, Any] = {}  # (kind, batch signature) -> jax.stages.Compiled
         if mode == "pmap":
             devs = None if devices is None else self.devices
-            self._train = jax.pmap(counted_train, axis_name=AXIS, donate_argnums=(0,), devices=devs)
-            self._eval = jax.pmap(counted_eval, axis_name=AXIS, devices=devs)
+            self._train = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devs)
+            self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=devs)
         else:
             # Ordered by process: process p's block of a global batch goes to process p's devices.
             every = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
             self.mesh = Mesh(np.asarray(self.devices if devices is not None else every), (AXIS,))
-            self._train = jax.jit(jax.shard_map(counted_train, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+            self._train = jax.jit(jax.shard_map(train_step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
                                                 out_specs=(P(), P())), donate_argnums=(0,))
-            self._eval = jax.jit(jax.shard_map(counted_eval, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+            self._eval = jax.jit(jax.shard_map(eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                                out_specs=P(AXIS)))
 
-    def _counting(self, fn: Callable, key: str) -> Callable:
-        """Wrap a step so each trace (= each compile) is counted; used by tests to prove static shapes."""
-        def wrapped(*args):
-            self.compiles[key] += 1
-            return fn(*args)
-        return wrapped
+    def _executable(self, kind: str, batch: dict, *args) -> Any:
+        """The compiled step of `kind` for `batch`'s signature, lowered and compiled on first use.
+
+        The rest of the arguments (state or parameters, the filter flag) have one structure per runner.
+        """
+        key = (kind, _signature(batch))
+        executable = self._executables.get(key)
+        if executable is None:
+            fn = self._train if kind == "train" else self._eval
+            executable = fn.lower(*args).compile()
+            self._executables[key] = executable
+            self.compiles[kind] += 1
+        return executable
 
     # ---------------------------------------------------------------------------------- placement
     def put_state(self, state: Any) -> Any:
@@ -125,41 +132,56 @@ class Runner:
     def train(self, state: Any, batch: dict, use_gold_filter: bool):
         """One optimiser step on a global batch (host arrays, or arrays placed by `put_batch`)."""
         sharded, flag = self._train_args(batch, use_gold_filter)
-        step = self._compiled_train.get(_signature(sharded), self._train) if self._compiled_train else self._train
-        state, metrics = step(state, sharded, flag)
-        return state, metrics
+        return self._executable("train", sharded, state, sharded, flag)(state, sharded, flag)
 
     def compile_train(self, state: Any, batch: dict[str, np.ndarray], use_gold_filter: bool) -> Any:
-        """Lower and compile the train step ahead of time for `batch`'s shapes; `train` dispatches it from now on.
+        """Compile the train step for `batch`'s shapes ahead of time; `train` dispatches that executable.
 
         `state` is this runner's device state (`put_state`); nothing runs and nothing is donated. Returns the
         `jax.stages.Compiled` executable (for `memory_analysis()`, `cost_analysis()`, `as_text()`), so a caller
-        can time the compile apart from the steps and analyse exactly what `train` will run. One executable is
-        kept per batch signature (field names, shapes, dtypes), so each batch shape can have its own;
-        batches of other shapes still go through the jitted step.
+        can time the compile apart from the steps and analyse exactly what `train` will run.
         """
         sharded, flag = self._train_args(batch, use_gold_filter)
-        compiled = self._train.lower(state, sharded, flag).compile()
-        self._compiled_train[_signature(sharded)] = compiled
-        return compiled
+        return self._executable("train", sharded, state, sharded, flag)
 
-    def eval(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs of a global batch whose `host_block` is `batch`, all rows on every process (host numpy).
+    def eval_async(self, params: Any, batch: dict) -> Any:
+        """Dispatch the eval step on a global batch whose `host_block` is `batch` (host arrays, or placed by
+        `put_batch`); returns the device outputs at once, for `fetch`."""
+        placed = all(isinstance(v, jax.Array) for v in batch.values())
+        sharded = batch if placed else self.shard_batch(batch)
+        return self._executable("eval", sharded, params, sharded)(params, sharded)
 
-        A collective when there are several processes: each must call it equally often, with same-shaped blocks.
+    def fetch(self, out: Any) -> dict[str, np.ndarray]:
+        """Device outputs of `eval_async` -> all rows on every process, as host numpy.
+
+        A collective when there are several processes: each must call it equally often, in the same order.
         """
-        out = self._eval(state, self.shard_batch(batch))
         several = self.global_n > self.n
         if self.mode == "pmap":  # each process holds its own rows: concatenate the blocks in process order
             out = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), out)
         # shard_map: one global array over every host's devices, gathered in mesh (= process) order.
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True) if several else out)
 
+    def eval(self, params: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of a global batch whose `host_block` is `batch`, all rows on every process (host numpy)."""
+        return self.fetch(self.eval_async(params, batch))
+
     def scalar(self, metrics: dict) -> dict[str, Any]:
-        """Per-step metrics (identical on every device) as lazily transferable arrays on a local device."""
+        """Per-step metrics (identical on every device) as one local device's arrays, already on their way to
+        the host; `host_scalars` reads them. Under pmap the first shard is that device's buffer itself (shape
+        (1,)): indexing `x[0]` would compile and run a gather over the devices for every metric and step."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: x[0], metrics)
-        return jax.tree.map(lambda x: x.addressable_data(0), metrics)
+            local = jax.tree.map(lambda x: x.addressable_shards[0].data, metrics)
+        else:
+            local = jax.tree.map(lambda x: x.addressable_data(0), metrics)
+        for x in jax.tree.leaves(local):
+            x.copy_to_host_async()
+        return local
+
+
+def host_scalars(metrics: dict) -> dict[str, float]:
+    """`Runner.scalar` metrics as Python floats (blocks until they are computed)."""
+    return {k: float(np.asarray(v).reshape(())) for k, v in jax.device_get(metrics).items()}
 
 
 def _signature(batch: dict) -> tuple:

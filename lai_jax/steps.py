@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -13,6 +14,8 @@ from flax.training import train_state
 
 from lai_jax.models import LOSSES, predict_probs
 from lai_jax.parallel import AXIS
+
+FINITE = "finite"  # the train step's metric that flags a step whose loss, gradients and parameters are finite
 
 
 class TrainState(train_state.TrainState):
@@ -28,10 +31,11 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -
 
 
 def _decay_mask(params) -> Any:
-    """Weight decay on kernels and embeddings only (not biases, not layer-norm scales)."""
+    """Weight decay on kernels and embeddings only: not on biases (`bias`, and G4CN's per-head `bias_<l>` of shape
+    (heads, width)) and not on layer-norm scales."""
     def keep(path, x):
         name = str(getattr(path[-1], "key", path[-1]))
-        return x.ndim > 1 and name not in ("bias", "scale")
+        return x.ndim > 1 and re.fullmatch(r"(bias|scale)(_\d+)?", name) is None
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -95,14 +99,21 @@ def train_step(state: TrainState, batch: dict, use_gold_filter: jax.Array, *, mo
         terms = jax.tree.map(lambda t: jnp.sum(t, axis=0), terms)
     grads = jax.lax.psum(grads, AXIS)
     terms = jax.lax.psum(terms, AXIS)
-    metrics = {"loss": sum(terms.values()), **{f"loss_{k}": v for k, v in terms.items()},
-               "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))}
-    return state.apply_gradients(grads=grads), metrics
+    loss = sum(terms.values())
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    new_state = state.apply_gradients(grads=grads)
+    # A NaN or inf gradient (or update) can come with a finite loss: the loss is computed before the update.
+    # 1.0 when the loss, every gradient and every updated parameter are finite; the host stops on 0.0.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)]))
+    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in terms.items()}, "grad_norm": grad_norm,
+               FINITE: finite.astype(jnp.float32)}
+    return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
-    """Deterministic forward pass -> probabilities for host-side decoding."""
-    out = model.apply({"params": state.params}, batch, deterministic=True)
+def eval_step(params: Any, batch: dict, *, model: nn.Module) -> dict:
+    """Deterministic forward pass with `params` -> probabilities for host-side decoding."""
+    out = model.apply({"params": params}, batch, deterministic=True)
     return predict_probs(out)
 
 

@@ -16,13 +16,13 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from lai_jax import (checkpoints, evaluate, evaluation, input_pipeline, metric_writers, metrics as metrics_lib,
-                     predictions, run_record)
+from lai_jax import (checkpoints, compile_cache, evaluate, evaluation, input_pipeline, metric_writers,
+                     metrics as metrics_lib, predictions, run_record, wallclock)
 from lai_jax.build import build, check_config, init_state
 from lai_jax.cli import UserError
 from lai_jax.config_base import absolute_paths, load_run_config, save_run_config
-from lai_jax.parallel import Runner, host_block
-from lai_jax.steps import bind_steps
+from lai_jax.parallel import Runner, host_block, host_scalars
+from lai_jax.steps import FINITE, bind_steps
 
 log = logging.getLogger("lai_jax")
 
@@ -40,12 +40,13 @@ def initial_encoder(config) -> Optional[dict]:
 
 def ner_encoder_params(config) -> dict:
     """The fine-tuned encoder of the NER run in `re.entities_from` (its best checkpoint), to start RE from."""
-    setup, runner, state = evaluate.restore_run(config.re.entities_from)
+    setup, runner, params = evaluate.restore_run(config.re.entities_from)
     if setup.config.encoder != config.encoder:
         raise UserError(f"re.init_from_ner: the NER run {config.re.entities_from} used encoder "
                         f"{setup.config.encoder!r}, this run {config.encoder!r}")
-    log.info("RE encoder starts from the NER run's best checkpoint (%s)", config.re.entities_from)
-    return runner.get_state(state).params["encoder"]
+    log.info("RE encoder starts from the NER run's best checkpoint (%s, step %d)", config.re.entities_from,
+             setup.checkpoint_step)
+    return runner.get_state(params)["encoder"]
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -54,13 +55,18 @@ class NonFiniteLoss(RuntimeError):
 
 
 def _check_finite(pending: list[tuple[int, Any]]) -> Optional[dict]:
-    """Fetch queued per-step losses; raise naming the first step whose loss is NaN/inf."""
+    """Fetch queued per-step metrics (`Runner.scalar`); raise naming the first step whose loss, gradients or
+    updated parameters are not finite. Returns the last step's metrics without the finiteness flag."""
     last = None
     for step, m in pending:
-        host = jax.tree.map(float, jax.device_get(m))
-        if not math.isfinite(host["loss"]):
-            raise NonFiniteLoss(f"loss became {host['loss']} at step {step}; stopping. The last good checkpoint "
-                                f"is kept; lower the learning rate or check the data.")
+        host = host_scalars(m)
+        finite = host.pop(FINITE, 1.0)
+        if not math.isfinite(host["loss"]) or not finite:
+            what = f"loss became {host['loss']}" if not math.isfinite(host["loss"]) else \
+                f"gradients or parameters became NaN/inf (gradient norm {host['grad_norm']}, loss {host['loss']})"
+            pending.clear()
+            raise NonFiniteLoss(f"{what} at step {step}; stopping before it reaches a checkpoint. The last good "
+                                f"checkpoint is kept; lower the learning rate or check the data.")
         last = host
     pending.clear()
     return last
@@ -149,6 +155,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     check_config(config)
     per_device = per_device_batch(config, jax.local_device_count(), jax.process_count())  # fail before any work
     config = absolute_paths(config)  # the run reads its files, and finds its NER run, from any working folder
+    clock = wallclock.Breakdown()
+    compile_cache.enable(config.compile_cache)
     writer_process = jax.process_index() == 0
     workdir_p = Path(workdir)
     previous, changed = resume_step(config, workdir_p, resume)
@@ -195,12 +203,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
     start_step, best_f1 = 0, -1.0
     if previous is not None:
-        state = ckpt.restore_latest(state)
-        start_step = int(state.step)
-        best = ckpt.best_metric()
-        best_f1 = -1.0 if best is None else best  # a best F1 of 0.0 is a best F1
-        log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
+        resumed = ckpt.restore_state(state)  # the newest readable full state; None: every one is damaged
+        if resumed is None:
+            state = init_state(setup, sample, total_steps, initial_encoder(config))
+        else:
+            start_step, state, best_f1 = resumed
+            log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
     state = runner.put_state(state)
+    every_evals = max(1, config.checkpoint_every_evals)
 
     epoch_plan = functools.lru_cache(maxsize=2)(
         lambda epoch: input_pipeline.epoch_batches(groups, global_batch, config.seed, epoch))
@@ -223,59 +233,80 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     t0, step = time.time(), start_step
     last_dev: tuple = (None, None, None)  # (step, predictions, scores) of the latest dev evaluation
     batches = input_pipeline.prefetch(map(host_batch, range(start_step, total_steps)), config.prefetch_batches)
+    clock.rest_is("setup")  # data, featurizing, model, initial or restored state
     try:
-        for batch in batches:
+        while step < total_steps:
+            with clock.time("host_input"):  # waiting for the background thread's next batch
+                batch = next(batches)
             epoch = step // steps_per_epoch
             use_gold = config.phase == "ner" and epoch < config.cold_start_epochs
-            state, m = runner.train(state, batch, use_gold)
-            step += 1
-            pending.append((step, runner.scalar(m)))
-            bar.update(1)
-            if step % config.log_every_steps == 0 or step == total_steps or step % eval_every == 0:
-                host = _check_finite(pending)
-                rate = (step - start_step) / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{host['loss']:.4f}", steps_per_s=f"{rate:.2f}", epoch=epoch)
-                writer.write_scalars(step, {**host, "steps_per_s": rate})
-                if plain_log:
-                    log.info("train %s step %d/%d epoch %d loss %.4f %.2f steps/s ETA %s", config.phase, step,
-                             total_steps, epoch, host["loss"], rate, format_eta((total_steps - step) / rate))
-            if step % eval_every == 0 or step == total_steps:
-                dev_pred, dev_result = evaluation.evaluate_documents(runner, state, setup, docs["dev"], ents.get("dev"),
-                                                                    "dev", eval_inst["dev"])
+            with clock.time("train_steps"):
+                state, m = runner.train(state, batch, use_gold)
+                step += 1
+                pending.append((step, runner.scalar(m)))
+                bar.update(1)
+                evaluating = step % eval_every == 0 or step == total_steps
+                if step % config.log_every_steps == 0 or evaluating:
+                    host = _check_finite(pending)  # before any evaluation: a bad step never reaches a checkpoint
+                    rate = (step - start_step) / max(time.time() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{host['loss']:.4f}", steps_per_s=f"{rate:.2f}", epoch=epoch)
+                    writer.write_scalars(step, {**host, "steps_per_s": rate})
+                    if plain_log:
+                        log.info("train %s step %d/%d epoch %d loss %.4f %.2f steps/s ETA %s", config.phase, step,
+                                 total_steps, epoch, host["loss"], rate, format_eta((total_steps - step) / rate))
+                if evaluating:
+                    jax.block_until_ready(state)  # the steps' device time is counted as steps, not evaluation
+            if evaluating:
+                with clock.time("evaluation"):
+                    dev_pred, dev_result = evaluation.evaluate_documents(runner, state.params, setup, docs["dev"],
+                                                                        ents.get("dev"), "dev", eval_inst["dev"])
                 last_dev = (step, dev_pred, dev_result)
                 f1 = evaluation.selection_f1(config, dev_result)
                 writer.write_scalars(step, evaluation.flat_metrics(dev_result, "dev"))
                 table = metrics_lib.format_table(dev_result, evaluation.table_tasks(config))
                 if writer_process:
                     tqdm.write(f"step {step} (epoch {epoch}) dev: " + table.replace("\n", "\n  "))
-                ckpt.save(step, checkpoints.one_replica(state, runner.mode == "pmap"), f1)  # async write
-                best_f1 = max(best_f1, f1)
+                evals_done = -(-step // eval_every) if step == total_steps else step // eval_every
+                with clock.time("checkpoint_waits"):  # dispatching device copies; the writes run in background
+                    pmap = runner.mode == "pmap"
+                    if f1 >= best_f1:  # ties: the later step, as in the evaluation's choice of the best
+                        ckpt.save_params(step, checkpoints.one_replica(state.params, pmap), f1)
+                        best_f1 = f1
+                    if evals_done % every_evals == 0 or step == total_steps:
+                        ckpt.save_state(step, checkpoints.one_replica(state, pmap), f1, best_f1)
             if config.debug_kill_after_step and step == config.debug_kill_after_step:
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
     finally:
         batches.close()
         bar.close()
-        ckpt.wait()
+        with clock.time("checkpoint_waits"):
+            ckpt.wait()
         writer.close()
 
     # Final report: the dev-selected checkpoint on dev and test.
-    best = runner.put_state(ckpt.restore_best(runner.get_state(state)))
-    results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": ckpt.best_step(),
+    pmap = runner.mode == "pmap"  # a leading device axis on every leaf
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype), state.params)
+    best_step, best = ckpt.restore_params(like)
+    best = runner.put_state(best)
+    results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": best_step,
                                "steps": step, "wall_s": round(time.time() - t0, 1)}
     for split in ("dev", "test"):
-        if split == "dev" and last_dev[0] == results["best_step"]:
-            pred, result = last_dev[1:]  # the best checkpoint is the last one scored on dev: same outputs
-        else:
-            pred, result = evaluation.evaluate_documents(runner, best, setup, docs[split], ents.get(split), split,
-                                                         eval_inst[split])
+        with clock.time("evaluation"):
+            if split == "dev" and last_dev[0] == results["best_step"]:
+                pred, result = last_dev[1:]  # the best checkpoint is the last one scored on dev: same outputs
+            else:
+                pred, result = evaluation.evaluate_documents(runner, best, setup, docs[split], ents.get(split), split,
+                                                             eval_inst[split])
         results[split] = result
         if writer_process:
             predictions.write_predictions(workdir_p / "predictions" / f"{input_pipeline.split_name(config, split)}.jsonl",
                                           pred, predictions.prediction_settings(config, results["best_step"], workdir_p))
             table = metrics_lib.format_table(result, evaluation.table_tasks(config))
             print(f"[{config.phase}] {split} (best step {results['best_step']}):\n{table}")
+    ckpt.close()
     results["compiles"] = dict(runner.compiles)
+    results["wall_clock_s"] = clock.report()
     if writer_process:
         (workdir_p / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -5,6 +5,5 @@
 # Usage: bash launch/multi_gpu.sh configs/scierc.py runs/scierc [extra --config.x=y ...]
 set -euo pipefail
 CONFIG=${1:?config file, e.g. configs/scierc.py}; OUT=${2:?output folder}; shift 2
-export XLA_PYTHON_CLIENT_PREALLOCATE=false   # let NER and RE runs share a card with other jobs
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
-bash "$(dirname "$0")/ner_re.sh" "$CONFIG" "$OUT" --config.model.dtype=bfloat16 "$@"
+source "$(dirname "$0")/gpu_env.sh"   # XLA flags shared with slurm.sbatch; bf16 is model.dtype=auto's choice on GPUs
+bash "$(dirname "$0")/ner_re.sh" "$CONFIG" "$OUT" "$@"

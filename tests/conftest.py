@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random BERT in Hugging Face layout and tiny-shape configs."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # configs/ are loaded by path, but tests import them as modules too
+# No persistent compilation cache in the user's home from tests (also in their subprocesses): runs stay
+# independent; tests of the cache give their own folder.
+os.environ.setdefault("LAI_JAX_COMPILE_CACHE", "off")
 
 
 def init_bert_params(config, seed: int = 0) -> dict:

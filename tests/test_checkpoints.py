@@ -1,4 +1,8 @@
-"""Checkpoints: latest + best in one asynchronous manager, one folder when they are the same step, old layout."""
+"""Checkpoints: best parameters + recent full states, background writes, damaged checkpoints, older layouts."""
+import logging
+import os
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -12,58 +16,146 @@ from lai_jax import checkpoints
 def state_at(step: int) -> dict:
     """A small train-state-like tree whose values identify the step that produced it."""
     return {"params": {"w": jnp.full((3, 4), float(step)), "b": jnp.arange(4.0) + step},
-            "step": jnp.asarray(step, jnp.int32)}
+            "opt_state": {"mu": jnp.full((3, 4), -float(step))}, "step": jnp.asarray(step, jnp.int32)}
 
 
-def step_dirs(root: Path) -> list[int]:
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+def step_dirs(folder: Path) -> list[int]:
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
 
 
-def assert_state(restored, step: int) -> None:
-    want = state_at(step)
+def assert_tree(restored, want) -> None:
+    assert jax.tree.structure(jax.tree.map(np.asarray, restored)) == jax.tree.structure(want)
     for got, ref in zip(jax.tree.leaves(restored), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
 
 
-def test_latest_and_best_share_one_write_and_best_survives_worse_evaluations(tmp_path):
-    root = tmp_path / "checkpoints"
-    ckpt = checkpoints.Checkpoints(root)
-    # (step, dev F1) -> folders on disk afterwards: the latest step, plus the best one when it is older
-    for step, f1, on_disk, best in [(2, 0.5, [2], 2), (4, 0.7, [4], 4), (6, 0.6, [4, 6], 4), (8, 0.65, [4, 8], 4),
-                                    (10, 0.9, [10], 10), (12, 0.9, [12], 12)]:
-        ckpt.save(step, state_at(step), f1)
-        assert ckpt.best_step() == best and ckpt.latest_step() == step  # known before the write finishes
-        ckpt.wait()
-        assert step_dirs(root) == on_disk, step
-    assert ckpt.best_metric() == pytest.approx(0.9)
-    assert_state(ckpt.restore_latest(state_at(0)), 12)
-    assert_state(ckpt.restore_best(state_at(0)), 12)
-    ckpt.close()
+def train_like(ckpt: checkpoints.Checkpoints, evaluations, every: int) -> None:
+    """What train.py does at each evaluation: best parameters when not worse, a full state every `every`."""
+    best = -1.0
+    for i, (step, f1) in enumerate(evaluations, 1):
+        if f1 >= best:
+            best = f1
+            ckpt.save_params(step, state_at(step)["params"], f1)
+        if i % every == 0:
+            ckpt.save_state(step, state_at(step), f1, best)
 
 
-def test_restore_best_after_a_later_worse_evaluation(tmp_path):
+def largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def truncate(folder: Path) -> None:
+    """Damage a checkpoint as a full disk or an interrupted copy does: its largest file cut in half."""
+    big = largest_file(folder)
+    os.truncate(big, big.stat().st_size // 2)
+
+
+def test_best_parameters_and_the_newest_full_states_are_kept(tmp_path):
     root = tmp_path / "checkpoints"
     ckpt = checkpoints.Checkpoints(root)
-    ckpt.save(2, state_at(2), 0.8)
-    ckpt.save(4, state_at(4), 0.3)
+    # (step, dev F1); a full state every 2nd evaluation: states at 4, 8, 12 of which the newest two stay
+    train_like(ckpt, [(2, 0.5), (4, 0.7), (6, 0.6), (8, 0.65), (10, 0.9), (12, 0.8)], every=2)
     ckpt.wait()
-    assert step_dirs(root) == [2, 4]
+    assert ckpt.best_step() == 10 and ckpt.latest_step() == 12
+    assert step_dirs(root / "params") == [10] and step_dirs(root / "state") == [8, 12]
     # A fresh object reads everything back from disk, as evaluation and resuming do.
-    again = checkpoints.Checkpoints(root)
-    assert (again.best_step(), again.latest_step(), again.best_metric()) == (2, 4, pytest.approx(0.8))
+    again = checkpoints.Checkpoints(root, read_only=True)
+    assert (again.best_step(), again.latest_step(), again.best_metric()) == (10, 12, pytest.approx(0.9))
     like = jax.eval_shape(lambda: state_at(0))  # shapes only, as restore_run passes
-    assert_state(again.restore_best(like), 2)
-    assert_state(again.restore_latest(like), 4)
-    assert_state(again.restore_latest(None), 4)
+    step, params = again.restore_params(like["params"])
+    assert step == 10
+    assert_tree(params, state_at(10)["params"])
+    assert_tree(again.restore_latest(like), state_at(12))
+    assert_tree(again.restore_latest(None), state_at(12))
+    resumed = checkpoints.Checkpoints(root).restore_state(like)
+    assert resumed[0] == 12 and resumed[2] == pytest.approx(0.9)  # the best so far, for the resumed run
+    assert_tree(resumed[1], state_at(12))
+
+
+def test_a_save_returns_before_orbax_writes(tmp_path, monkeypatch):
+    """The train loop never waits for a write: orbax runs on the background thread, here held back on purpose."""
+    import orbax.checkpoint as ocp
+    release, real_save = threading.Event(), ocp.CheckpointManager.save
+
+    def held_save(self, *args, **kwargs):
+        assert release.wait(30), "the test never released the save"
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", held_save)
+    ckpt = checkpoints.Checkpoints(tmp_path / "checkpoints")
+    t0 = time.perf_counter()
+    ckpt.save_state(3, state_at(3), 0.5, 0.5)
+    ckpt.save_params(3, state_at(3)["params"], 0.5)
+    assert time.perf_counter() - t0 < 5  # a blocking save would wait for the 30 s timeout (or forever)
+    assert step_dirs(tmp_path / "checkpoints" / "state") == []
+    release.set()
+    ckpt.wait()
+    assert step_dirs(tmp_path / "checkpoints" / "state") == [3] == step_dirs(tmp_path / "checkpoints" / "params")
 
 
 def test_device_arrays_may_be_donated_as_soon_as_save_returns(tmp_path):
     ckpt = checkpoints.Checkpoints(tmp_path / "checkpoints")
     state = state_at(3)
-    ckpt.save(3, state, 0.5)
+    ckpt.save_state(3, state, 0.5, 0.5)
     for x in jax.tree.leaves(state):
         x.delete()  # what the next donating train step does to the buffers
-    assert_state(ckpt.restore_latest(jax.eval_shape(lambda: state_at(0))), 3)
+    assert_tree(ckpt.restore_latest(jax.eval_shape(lambda: state_at(0))), state_at(3))
+
+
+def test_resume_falls_back_past_a_damaged_state_and_forgets_newer_parameters(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    ckpt = checkpoints.Checkpoints(root)
+    train_like(ckpt, [(2, 0.5), (4, 0.6), (6, 0.7), (8, 0.8)], every=2)  # states 4, 8; best parameters 8
+    ckpt.close()
+    truncate(root / "state" / "8")
+    like = jax.eval_shape(lambda: state_at(0))
+    with caplog.at_level(logging.WARNING, logger="lai_jax"):
+        step, state, best = checkpoints.Checkpoints(root).restore_state(like)
+    assert step == 4 and best == pytest.approx(0.6)
+    assert_tree(state, state_at(4))
+    warning = [r.getMessage() for r in caplog.records if r.name == "lai_jax" and r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "\n" not in warning[0]
+    assert str(root / "state" / "8") in warning[0] and "resuming from step 4" in warning[0]
+    # The damaged step is moved aside (training writes step 8 again), the parameters of step 8 are dropped
+    # (the resumed run recomputes them).
+    assert step_dirs(root / "state") == [4] and (root / "damaged" / "state-8").is_dir()
+    assert step_dirs(root / "params") == []
+    truncate(root / "state" / "4")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lai_jax"):
+        assert checkpoints.Checkpoints(root).restore_state(like) is None  # nothing readable: start fresh
+    assert "training starts fresh" in caplog.text and step_dirs(root / "state") == []
+
+
+def test_evaluation_falls_back_to_the_best_readable_checkpoint_or_names_the_folder(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    ckpt = checkpoints.Checkpoints(root)
+    train_like(ckpt, [(2, 0.5), (4, 0.9), (6, 0.7), (8, 0.6)], every=2)  # params 4 (0.9); states 4 (0.9), 8 (0.6)
+    ckpt.close()
+    truncate(root / "params" / "4")
+    like = jax.eval_shape(lambda: state_at(0))["params"]
+    reader = checkpoints.Checkpoints(root, read_only=True)
+    with caplog.at_level(logging.WARNING, logger="lai_jax"):
+        step, params = reader.restore_params(like)
+    assert step == 4  # the full state of the same step: parameters only, read from it
+    assert_tree(params, state_at(4)["params"])
+    assert str(root / "params" / "4") in caplog.text and str(root / "state" / "4") in caplog.text
+    truncate(root / "state" / "4")
+    assert checkpoints.Checkpoints(root, read_only=True).restore_params(like)[0] == 8  # the next best
+    truncate(root / "state" / "8")
+    with pytest.raises(checkpoints.NoReadableCheckpoint) as e:
+        checkpoints.Checkpoints(root, read_only=True).restore_params(like)
+    assert f"Delete {root} and train again" in str(e.value) and "\n" not in str(e.value)
+    assert step_dirs(root / "state") == [4, 8]  # evaluation moves and deletes nothing
+
+
+def test_a_checkpoint_of_another_model_is_named_too(tmp_path):
+    ckpt = checkpoints.Checkpoints(tmp_path / "checkpoints")
+    ckpt.save_params(2, state_at(2)["params"], 0.5)
+    ckpt.close()
+    other = {"w": jax.ShapeDtypeStruct((5, 4), jnp.float32), "b": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    with pytest.raises(checkpoints.NoReadableCheckpoint, match="are not the 2 arrays of this run's model"):
+        checkpoints.Checkpoints(tmp_path / "checkpoints", read_only=True).restore_params(other)
 
 
 ONE_REPLICA_CHECK = """
@@ -81,7 +173,6 @@ print("ok", jax.local_device_count())
 
 
 def test_one_replica_of_a_pmap_state_is_one_device_copy():
-    import os
     import subprocess
     import sys
     from tests.conftest import REPO
@@ -92,32 +183,53 @@ def test_one_replica_of_a_pmap_state_is_one_device_copy():
     assert out.returncode == 0 and out.stdout.split()[-2:] == ["ok", "4"], out.stderr[-3000:]
 
 
-def test_old_latest_and_best_layout_restores_best_but_does_not_resume(tmp_path):
+def host(step: int) -> dict:
+    return jax.tree.map(np.asarray, state_at(step))  # the oldest code saved host copies
+
+
+def test_old_latest_and_best_layout_restores_best_parameters_but_does_not_resume(tmp_path):
     import orbax.checkpoint as ocp
     root = tmp_path / "checkpoints"
-    # The layout of earlier runs, written as the earlier code did: two synchronous managers.
+    # The layout of the earliest runs, written as that code did: two synchronous managers.
     latest = ocp.CheckpointManager(root / "latest", options=ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, enable_async_checkpointing=False))
     best = ocp.CheckpointManager(root / "best", options=ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda m: m["dev_f1"], best_mode="max", enable_async_checkpointing=False))
-    host = lambda s: jax.tree.map(np.asarray, state_at(s))  # noqa: E731 - the old code saved host copies
     for step, f1 in [(2, 0.4), (4, 0.6), (6, 0.5)]:
         latest.save(step, args=ocp.args.StandardSave(host(step)))
         best.save(step, args=ocp.args.StandardSave(host(step)), metrics={"dev_f1": f1})
     ckpt = checkpoints.Checkpoints(root)
     assert ckpt.legacy and checkpoints.has_checkpoint(root)
-    assert (ckpt.best_step(), ckpt.latest_step(), ckpt.best_metric()) == (4, 6, pytest.approx(0.6))
-    assert_state(ckpt.restore_best(host(0)), 4)
+    assert (ckpt.best_step(), ckpt.best_metric()) == (4, pytest.approx(0.6))
+    step, params = ckpt.restore_params(host(0)["params"])
+    assert step == 4
+    assert_tree(params, host(4)["params"])
     with pytest.raises(checkpoints.LegacyLayoutError, match="not resumed"):
-        ckpt.restore_latest(host(0))
+        ckpt.restore_state(host(0))
     with pytest.raises(checkpoints.LegacyLayoutError):
-        ckpt.save(8, host(8), 0.9)
+        ckpt.save_params(8, host(8)["params"], 0.9)
+
+
+def test_old_step_folder_layout_restores_best_parameters(tmp_path):
+    """Runs written before params/ + state/: full states in <root>/<step>/, latest and best kept."""
+    import orbax.checkpoint as ocp
+    root = tmp_path / "checkpoints"
+    old = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
+        create=True, best_fn=lambda m: m["dev_f1"], best_mode="max", enable_async_checkpointing=False))
+    for step, f1 in [(2, 0.8), (4, 0.3)]:
+        old.save(step, args=ocp.args.StandardSave(state_at(step)), metrics={"dev_f1": f1})
+    ckpt = checkpoints.Checkpoints(root, read_only=True)
+    assert ckpt.legacy == "steps" and checkpoints.has_checkpoint(root)
+    step, params = ckpt.restore_params(jax.eval_shape(lambda: state_at(0))["params"])
+    assert step == 2
+    assert_tree(params, state_at(2)["params"])
 
 
 def test_has_checkpoint(tmp_path):
     assert not checkpoints.has_checkpoint(tmp_path / "missing")
     assert not checkpoints.has_checkpoint(tmp_path)
     ckpt = checkpoints.Checkpoints(tmp_path / "checkpoints")
-    ckpt.save(1, state_at(1), 0.1)
+    assert not checkpoints.has_checkpoint(tmp_path / "checkpoints")
+    ckpt.save_params(1, state_at(1)["params"], 0.1)
     ckpt.wait()
     assert checkpoints.has_checkpoint(tmp_path / "checkpoints")

@@ -228,7 +228,7 @@ def test_cudnn_bias_masks_like_the_xla_bias(mask_dims, monkeypatch):
 
     Run through XLA (no GPU here): the kernel's maths is the same softmax(QK^T/sqrt(H) + bias) V.
     """
-    monkeypatch.setattr(encoder, "_platform", lambda: "cuda")
+    monkeypatch.setattr(encoder, "backend_platform", lambda: "cuda")
     cfg = BertConfig(hidden_size=32, num_attention_heads=2, dtype=jnp.bfloat16)
     rng = np.random.default_rng(9)
     q, k, v = (jnp.asarray(rng.standard_normal((2, 10, 2, 16)), jnp.bfloat16) for _ in range(3))
@@ -252,7 +252,7 @@ def test_cudnn_path_meets_the_kernel_contract(monkeypatch):
     if not hasattr(fused, "check_cudnn_version"):
         pytest.skip("jax's cuDNN attention internals changed")
     monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
-    monkeypatch.setattr(encoder, "_platform", lambda: "cuda")
+    monkeypatch.setattr(encoder, "backend_platform", lambda: "cuda")
     cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=48, max_position_embeddings=40, dtype=jnp.bfloat16)
     model = BertEncoder(cfg)
@@ -266,7 +266,12 @@ def test_cudnn_path_meets_the_kernel_contract(monkeypatch):
 
         out = jax.eval_shape(jax.value_and_grad(loss), params)
         assert out[0].shape == ()
-    assert seen == ["cudnn", "cudnn"]
+        # The backward kernel returns dQ, dK, dV and no gradient of the constant mask bias (jax's default
+        # would add a [B,1,T,T] dbias output).
+        backward = [e for e in jax.make_jaxpr(jax.grad(loss))(params).eqns
+                    if "dot_product_attention_bwd" in str(e.primitive)]
+        assert len(backward) == 1 and [v.aval.shape for v in backward[0].outvars] == [(2, 16, 2, 16)] * 3
+    assert seen == ["cudnn"] * 4
 
 
 def _spy(fn, seen: list):

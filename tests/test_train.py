@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -34,13 +36,17 @@ def test_eight_devices_equal_one_device_and_pmap_equals_shard_map(tiny_bert):
     assert diffs["pmap8_vs_pmap1"] < 1e-5
     assert diffs["pmap8_vs_shard8"] < 1e-5
     assert diffs["pmap8_vs_pmap2_accum4"] < 1e-5  # 2 devices x 4 micro-batches of 2 = 8 devices x 2
+    # With dropout, 8 devices on 8 copies of the same rows draw 8 different masks: their mean loss is not the
+    # loss of device 0's masks alone, which 8 devices drawing one mask would give exactly.
+    one, eight = diffs["dropout_loss_pmap1"], diffs["dropout_loss_pmap8"]
+    assert abs(eight - one) > 1e-3 * abs(one), (one, eight)
 
 
 def test_accumulated_micro_batches_equal_one_large_batch(tiny_bert):
     """k=4 micro-batches of 2 on one device give the parameters of one batch of 8, also when padding leaves
     micro-batches (here the whole last one) without real instances: losses are normalised by global counts."""
     import jax
-    from lai_jax.parallel import Runner
+    from lai_jax.parallel import Runner, host_scalars
     from lai_jax.steps import bind_steps
     config = tiny_config("ner", tiny_bert, **{"model.dropout": 0.0, "model.encoder_dropout": 0.0, "batch_size": 8,
                                               "optim.adam_eps": 1e-6})
@@ -55,7 +61,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(tiny_bert):
         for b in batches:  # cold start on: the filter's own near-tie decisions could flip with summation order
             state, m = runner.train(state, b, True)
         finals[accum] = runner.get_state(state).params
-        losses[accum] = float(runner.scalar(m)["loss"])
+        losses[accum] = host_scalars(runner.scalar(m))["loss"]
         assert runner.compiles["train"] == 1
     diff = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(finals[1]), jax.tree.leaves(finals[4])))
     moved = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(finals[1]), jax.tree.leaves(host0.params)))
@@ -108,6 +114,11 @@ def test_one_compile_per_phase_with_short_last_batch(tiny_bert, tmp_path):
     # dev/test evaluations share one eval compile.
     assert result["compiles"] == {"train": 1, "eval": 1}
     assert (tmp_path / "predictions" / "test.jsonl").exists() and (tmp_path / "results.json").exists()
+    clock = json.loads((tmp_path / "results.json").read_text())["wall_clock_s"]
+    parts = ("compile", "train_steps", "evaluation", "checkpoint_waits", "host_input", "setup", "other")
+    assert set(clock) == {*parts, "total"} and all(clock[p] >= 0 for p in parts if p != "other")
+    assert clock["compile"] > 0 and clock["train_steps"] > 0 and clock["evaluation"] > 0
+    assert abs(sum(clock[p] for p in parts) - clock["total"]) < 0.05 + 0.01 * clock["total"]
 
 
 def _final_params(workdir: Path):
@@ -122,7 +133,8 @@ def test_kill_resume_equals_uninterrupted_then_evaluate(tiny_bert, tmp_path):
               "--config.data.train_limit=24", "--config.data.eval_limit=8", "--config.max_text_len=24",
               "--config.max_span_len=3", "--config.max_candidates=24", "--config.batch_size=4",
               "--config.model.gcn_heads=2", "--config.max_steps=6", "--config.eval_every_steps=2",
-              "--config.cold_start_epochs=0", "--config.log_every_steps=1", "--config.num_buckets=3"]
+              "--config.cold_start_epochs=0", "--config.log_every_steps=1", "--config.num_buckets=3",
+              "--config.checkpoint_every_evals=1"]
     killed = run(common + [f"--workdir={tmp_path / 'a'}", "--config.debug_kill_after_step=3"], check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: nothing after step 3 ran
     assert not (tmp_path / "a" / "results.json").exists()
@@ -322,3 +334,71 @@ def test_parse_assignment_types_and_errors():
                                                                                    "eval.symmetric_count": "once"}
     with pytest.raises(ValueError, match="fix the trained model"):
         parse_overrides(["model.gcn_layers=1"])
+
+
+def test_g4cn_biases_and_layer_norms_get_no_weight_decay(tiny_bert):
+    from lai_jax.steps import _decay_mask
+    config = tiny_config("ner", tiny_bert)
+    setup = build_lib.build(config)
+    inst = input_pipeline.make_instances(setup.featurizer, "ner", input_pipeline.load_splits(config, setup.labels)["train"])
+    state = jax.eval_shape(lambda: build_lib.init_state(setup, input_pipeline.stack(inst[:1]), total_steps=1))
+    decayed = {jax.tree_util.keystr(path): keep for path, keep in
+               jax.tree_util.tree_flatten_with_path(_decay_mask(state.params))[0]}
+    g4cn = {k: v for k, v in decayed.items() if "g4cn" in k}
+    assert any("'bias_0'" in k for k in g4cn) and any("'kernel_0'" in k for k in g4cn)
+    for name, keep in decayed.items():
+        leaf = name.rsplit("'", 2)[-2]
+        assert keep == (leaf in ("kernel", "embedding") or leaf.startswith("kernel_")), name
+
+
+def test_a_nan_gradient_with_a_finite_loss_never_reaches_a_checkpoint(tiny_bert, tmp_path, monkeypatch):
+    """The loss is computed before the update: a step whose gradients are NaN reports a finite loss. The step's
+    finiteness flag stops the run before its evaluation saves anything."""
+    import jax
+    from lai_jax import models, train
+
+    @jax.custom_vjp
+    def nan_gradient(x):
+        return x
+
+    nan_gradient.defvjp(lambda x: (x, None), lambda _, g: (g * jnp.nan,))
+    real = models.LOSSES["ner"]
+
+    def poisoned(*args):
+        sums, counts = real(*args)
+        return {k: nan_gradient(v) for k, v in sums.items()}, counts
+
+    monkeypatch.setitem(models.LOSSES, "ner", poisoned)
+    config = tiny_config("ner", tiny_bert, **{"max_steps": 2, "eval_every_steps": 1, "checkpoint_every_evals": 1})
+    with pytest.raises(train.NonFiniteLoss, match=r"gradients or parameters became NaN/inf .*loss \d.* at step 1"):
+        train.train_and_evaluate(config, str(tmp_path))
+    from lai_jax.checkpoints import has_checkpoint
+    assert not has_checkpoint(tmp_path / "checkpoints")
+
+
+def test_a_second_identical_run_compiles_nothing_new(tiny_bert, tmp_path, monkeypatch):
+    """The persistent compilation cache: the second run loads every executable the first one compiled."""
+    import jax
+    from jax import monitoring
+    from lai_jax import compile_cache, train
+    events: list[str] = []
+    monitoring.register_event_listener(lambda event, **_: events.append(event))
+    monkeypatch.setenv("LAI_JAX_COMPILE_CACHE", str(tmp_path / "jax_cache"))
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the tiny model compiles in < 1 s
+    try:
+        config = tiny_config("ner", tiny_bert, **{"max_steps": 2, "eval_every_steps": 2, "data.eval_limit": 4})
+        seen = []
+        for run in ("first", "second"):
+            jax.clear_caches()  # as a new process: nothing compiled in memory
+            events.clear()
+            train.train_and_evaluate(config, str(tmp_path / run))
+            seen.append((events.count("/jax/compilation_cache/cache_misses"),
+                         events.count("/jax/compilation_cache/cache_hits"),
+                         len(list((tmp_path / "jax_cache").iterdir()))))
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
+        compile_cache.enable(compile_cache.OFF)
+    (misses1, _, files1), (misses2, hits2, files2) = seen
+    assert misses1 >= 2 and files1 >= 2  # at least the train and eval steps were written
+    assert misses2 == 0 and files2 == files1 and hits2 >= misses1, seen
