@@ -40,11 +40,12 @@ def feature_config(config) -> features.FeatureConfig:
                                   use_annotations=config.use_annotations)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields with a fixed set of values.
 CHOICES = {"ner.overlap": decoding.NER_OVERLAP_RULES, "re.re_decode": decoding.RE_DECODE_RULES,
            "model.span_loss_norm": SPAN_LOSS_NORMS, "eval.symmetric_count": metrics_lib.SYMMETRIC_COUNTS,
            "eval.select_average": metrics_lib.AVERAGES, "attention_mask": tuple(masks.PRESETS),
-           "model.edge": EDGES, "model.dtype": ("float32", "bfloat16"), "parallel": ("pmap", "shard_map"),
+           "model.edge": EDGES, "model.dtype": ("auto", *DTYPES), "parallel": ("pmap", "shard_map"),
            "model.dropout_bits": (8, 16, 32)}
 
 
@@ -62,7 +63,7 @@ RANGES = {
     "eval_every_epochs": _at_least(1), "eval_every_steps": _at_least(0), "log_every_steps": _at_least(1),
     "prefetch_batches": _at_least(0), "num_buckets": _at_least(1), "max_text_len": _at_least(1),
     "max_span_len": _at_least(1), "max_candidates": _at_least(1), "max_objects": _at_least(1),
-    "debug_kill_after_step": _at_least(0),
+    "debug_kill_after_step": _at_least(0), "checkpoint_every_evals": _at_least(1),
     "data.fold": _at_least(0), "data.train_limit": _at_least(0), "data.eval_limit": _at_least(0),
     "data.dev_holdout": (lambda v: 0 < v < 1, "in (0, 1)"),
     "ner.train_negatives": _at_least(0), "re.negative_subject_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -109,9 +110,6 @@ def check_graph(config, hidden: int) -> None:
              gauss_dim=m.gauss_dim, edge=m.edge)
     except ValueError as e:
         raise UserError(f"config model.*: {e} (the encoder {config.encoder!r} has hidden size {hidden})") from None
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str) -> Any:

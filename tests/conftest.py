@@ -2,14 +2,28 @@
 from __future__ import annotations
 
 import os
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # configs/ are loaded by path, but tests import them as modules too
+
+# One persistent compilation cache for the session (`lai_jax.compile_cache`; subprocesses inherit it): the many
+# runs of the same tiny configs load their train and eval executables instead of compiling them again.
+_COMPILE_CACHE = None
+if "LAI_JAX_COMPILE_CACHE" not in os.environ:
+    _COMPILE_CACHE = tempfile.mkdtemp(prefix="lai-jax-test-jit-")
+    os.environ["LAI_JAX_COMPILE_CACHE"] = _COMPILE_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _COMPILE_CACHE:
+        shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 # No persistent compilation cache in the user's home from tests (also in their subprocesses): runs stay
 # independent; tests of the cache give their own folder.
 os.environ.setdefault("LAI_JAX_COMPILE_CACHE", "off")

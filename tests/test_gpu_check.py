@@ -137,8 +137,7 @@ def test_smoke_runs_in_the_image(env, tmp_path):
     assert result["check"] == "smoke" and result["errors"] == {} and not result["timed_out"]
     assert result["encoder"] == "random:tiny" and result["K"] == 8 and result["T"] <= 64
     variants = result["jax_steps"]
-    assert set(variants) == {"bfloat16/attention_dropout=0", "bfloat16/attention_dropout=0.1",
-                             "float32/attention_dropout=0", "float32/attention_dropout=0.1"}
+    assert set(variants) == {"bfloat16/attention_dropout=0", "float32/attention_dropout=0.1"}  # SMOKE_VARIANTS
     for v in variants.values():
         assert v["steps_per_s"] > 0 and v["compile_s"] > 0 and v["xla_gflop_per_step"] > 0
         assert v["attention"] == "xla" and v["why_not_fused"] == "backend cpu" and v["mfu"] is None

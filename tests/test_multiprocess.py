@@ -15,13 +15,13 @@ import pytest
 from tests.conftest import REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-# tests/conftest.py's tiny_config, 8 instances a step (1 per device), 4 steps with dev every 2, three batch shapes,
+# tests/conftest.py's tiny_config, 8 instances a step (1 per device), 4 steps with dev every 2, two batch shapes,
 # eval batches of 8 (several per split); adam_eps damps Adam's amplification of summation-order noise.
 CONFIG = """
 from tests.conftest import tiny_config
 
 def get_config(phase):
-    return tiny_config(phase, {encoder!r}, **{{"batch_size": 8, "per_device_eval_batch_size": 1, "num_buckets": 3,
+    return tiny_config(phase, {encoder!r}, **{{"batch_size": 8, "per_device_eval_batch_size": 1, "num_buckets": 2,
                        "max_steps": 4, "eval_every_steps": 2, "data.train_limit": 40, "data.eval_limit": 10,
                        "optim.adam_eps": 1e-6}})
 """
