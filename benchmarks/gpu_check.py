@@ -160,13 +160,14 @@ def jax_variant(args, dtype: str, attention_dropout: float, host_batch: dict, de
     from benchmarks.plan import attention_matmul_flops
     from benchmarks.step import build_jax
     from benchmarks.workload import make_setup
-    from lai_jax.encoder import _platform, attention_implementation
+    from lai_jax.encoder import attention_implementation, backend_platform
 
     _, setup = make_setup(args.encoder, args.max_text_len, args.max_candidates, dtype=dtype,
                           overrides=(f"model.attention_dropout={attention_dropout}",))
     bert = setup.model.bert
     b, t = host_batch["input_ids"].shape
-    impl, why = attention_implementation(_platform(), bert.dtype, bert.attention_probs_dropout_prob, bert.head_dim, t)
+    impl, why = attention_implementation(backend_platform(), bert.dtype, bert.attention_probs_dropout_prob,
+                                         bert.head_dim, t)
     rss = timing.RssSampler()
     try:
         side = build_jax(setup, host_batch, rss)

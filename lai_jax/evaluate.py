@@ -58,7 +58,13 @@ def restore_run(workdir: str | Path) -> tuple[Setup, Runner, object]:
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
     # Only shapes are needed to restore against: eval_shape skips compiling and running the init.
     like = jax.eval_shape(lambda: init_state(setup, sample, total_steps=1)).params
-    step, params = checkpoints.Checkpoints(Path(workdir) / "checkpoints", read_only=True).restore_params(like)
+    reader = checkpoints.Checkpoints(Path(workdir) / "checkpoints", read_only=True)
+    try:
+        step, params = reader.restore_params(like)
+    except checkpoints.NoReadableCheckpoint as e:  # one line naming the checkpoints and the folder to delete
+        raise UserError(str(e)) from None
+    finally:
+        reader.close()  # orbax's threads end here, not in a traceback at interpreter exit
     return dataclasses.replace(setup, checkpoint_step=step), runner, runner.put_state(params)
 
 

@@ -117,12 +117,12 @@ class Phase:
         from lai_jax.evaluate import restore_run
         config = check_workdir(workdir, phase)
         context = run_record.document_context(workdir, config)
-        from lai_jax.checkpoints import NoReadableCheckpoint
+        from lai_jax.cli import UserError
         try:
             setup, runner, params = restore_run(workdir)
         except FileNotFoundError as e:
             raise PredictError(f"{workdir}: {e}") from None
-        except NoReadableCheckpoint as e:  # names the checkpoints and the folder to delete
+        except UserError as e:  # e.g. no readable checkpoint: names them and the folder to delete
             raise PredictError(str(e)) from None
         if batch_size:
             setup.config.per_device_eval_batch_size = int(batch_size)

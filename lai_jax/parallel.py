@@ -77,7 +77,13 @@ class Runner:
         executable = self._executables.get(key)
         if executable is None:
             fn = self._train if kind == "train" else self._eval
-            executable = fn.lower(*args).compile()
+            if self.mode == "pmap" and jax.process_count() > 1:
+                # pmap's ahead-of-time lowering takes a process's local arguments for the global ones (it
+                # compiles for 8 rows where each of 2 processes feeds 4), so several processes dispatch the
+                # pmapped function itself, which compiles once per signature on its first call.
+                executable = fn
+            else:
+                executable = fn.lower(*args).compile()
             self._executables[key] = executable
             self.compiles[kind] += 1
         return executable

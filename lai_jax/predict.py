@@ -127,7 +127,7 @@ def run(ner_workdir: str, re_workdir: Optional[str], input_path: str, output_pat
         objects = predict_documents(inputs, ner_workdir, re_workdir, batch_size)
         write_jsonl(output_path, objects)
     except (DataError, PredictError) as e:
-        print(f"lai_jax.predict: error: {e}", file=sys.stderr)
+        print(f"lai_jax.predict: error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
 

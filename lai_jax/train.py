@@ -203,7 +203,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     ckpt = checkpoints.Checkpoints(workdir_p / "checkpoints")
     start_step, best_f1 = 0, -1.0
     if previous is not None:
-        resumed = ckpt.restore_state(state)  # the newest readable full state; None: every one is damaged
+        like = jax.eval_shape(lambda: state)  # shapes to restore against (the fresh state has Python scalars)
+        resumed = ckpt.restore_state(like)  # the newest readable full state; None: every one is damaged
         if resumed is None:
             state = init_state(setup, sample, total_steps, initial_encoder(config))
         else:

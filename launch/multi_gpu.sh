@@ -5,5 +5,5 @@
 # Usage: bash launch/multi_gpu.sh configs/scierc.py runs/scierc [extra --config.x=y ...]
 set -euo pipefail
 CONFIG=${1:?config file, e.g. configs/scierc.py}; OUT=${2:?output folder}; shift 2
-source "$(dirname "$0")/gpu_env.sh"   # XLA flags shared with slurm.sbatch; bf16 is model.dtype=auto's choice on GPUs
+source "$(dirname "$0")/gpu_env.sh"   # XLA flags shared with slurm.sbatch; the auto compute dtype is bf16 on GPUs
 bash "$(dirname "$0")/ner_re.sh" "$CONFIG" "$OUT" "$@"

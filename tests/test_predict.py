@@ -394,8 +394,8 @@ def test_re_encoder_can_start_from_the_ner_run(workdirs, tiny_bert):
     setup = build_lib.build(config)
     sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, setup.config.phase, [input_pipeline.dummy_document('Peop')])[:1])
     started = build_lib.init_state(setup, sample, 1, train.initial_encoder(config)).params["encoder"]
-    nsetup, runner, nstate = evaluate.restore_run(ner)
-    trained = runner.get_state(nstate).params["encoder"]
+    nsetup, runner, nparams = evaluate.restore_run(ner)  # the best checkpoint's parameters only
+    trained = runner.get_state(nparams)["encoder"]
     pretrained = setup.encoder_params
     leaves = zip(jax.tree.leaves(started), jax.tree.leaves(trained), jax.tree.leaves(pretrained))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b, _ in leaves)

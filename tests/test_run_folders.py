@@ -175,3 +175,27 @@ def test_flag_errors_name_the_flag():
     argv = ["main", "--config=configs/quick.py:re", "--config.re.treshold=0.3"]
     assert _flag_message(argv, KeyError("'treshold'")).startswith(
         "--config.re.treshold=0.3: unknown config field 're.treshold' in re; did you mean re.threshold?")
+
+
+def test_damaged_checkpoints_fall_back_or_name_the_folder_from_the_cli(pair, tmp_path):
+    """evaluate and predict, as a user runs them, after a file of the best checkpoint is truncated. (orbax's
+    tensorstore threads print asyncio tracebacks of their own while a damaged checkpoint is read; lai-jax's
+    report is the last line.)"""
+    from tests.test_checkpoints import truncate
+    run = tmp_path / "ner"
+    shutil.copytree(pair / "ner", run)
+    (best,) = sorted((run / "checkpoints" / "params").iterdir())
+    truncate(best)
+    proc = cli(["-m", "lai_jax.evaluate", f"--workdir={run}", "--split=dev"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint {best} cannot be restored" in proc.stderr  # named; the same step's full state is read
+    assert json.loads((run / "eval" / "dev.json").read_text()) == json.loads((run / "results.json").read_text())["dev"]
+    for state in (run / "checkpoints" / "state").iterdir():
+        truncate(state)
+    for args, prefix in ((["-m", "lai_jax.evaluate", f"--workdir={run}"], "error: "),
+                         (["-m", "lai_jax.predict", f"--ner={run}", "--input=-", "--output=-"], "lai_jax.predict: error: ")):
+        proc = cli(args, stdin="John Smith works .\n")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        errors = [line for line in lines if line.startswith(prefix)]
+        assert len(errors) == 1 and f"Delete {run / 'checkpoints'} and train again" in errors[0], proc.stderr[-3000:]
