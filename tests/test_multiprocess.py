@@ -14,7 +14,9 @@ import pytest
 
 from tests.conftest import REPO
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+# Without the session's compilation cache: these runs compare 1 and 2 processes, each compiling its own programs.
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+       "LAI_JAX_COMPILE_CACHE": "off"}
 # tests/conftest.py's tiny_config, 8 instances a step (1 per device), 4 steps with dev every 2, two batch shapes,
 # eval batches of 8 (several per split); adam_eps damps Adam's amplification of summation-order noise.
 CONFIG = """
