@@ -71,6 +71,7 @@ RANGES = {
     "model.dropout": _RATE, "model.encoder_dropout": _RATE_OR_KEEP, "model.attention_dropout": _RATE_OR_KEEP,
     "model.gcn_layers": _at_least(0), "model.gcn_sublayers": _at_least(1), "model.gcn_heads": _at_least(1),
     "model.gauss_dim": _at_least(1), "model.filter_pos_weight": (lambda v: v > 0, "> 0"),
+    "model.span_loss_weight": (lambda v: v > 0, "> 0"),
     "optim.learning_rate": (lambda v: v > 0, "> 0"), "optim.encoder_learning_rate": _at_least(0),
     "optim.warmup_ratio": _PROBABILITY, "optim.weight_decay": _at_least(0),
     "optim.adam_eps": (lambda v: v > 0, "> 0"), "optim.grad_clip": _at_least(0),

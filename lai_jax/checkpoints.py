@@ -25,6 +25,7 @@ best step's parameters); they cannot be resumed (`LegacyLayoutError`).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -52,6 +53,18 @@ class NoReadableCheckpoint(RuntimeError):
     """No checkpoint of a run can be restored; the message names them and the folder to delete."""
 
 
+@contextlib.contextmanager
+def _absl_errors_only():
+    """Silence absl (orbax's logger) warnings for a block."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 def _best_fn(metrics: dict) -> float:
     return float(metrics[METRIC])
 
@@ -60,8 +73,10 @@ def _manager(directory: Path, read_only: bool, keep: Optional[int] = None) -> oc
     """A manager of one folder of steps; `keep`: the newest steps kept. best_fn makes orbax record each save's
     metrics (read back by `Checkpoints.metrics`); the preservation policy alone decides what is deleted."""
     policy = None if read_only or keep is None else policies.LatestN(n=keep)
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        best_fn=_best_fn, best_mode="max", create=not read_only, read_only=read_only, preservation_policy=policy))
+    with _absl_errors_only():  # read-only managers warn that they will not save
+        return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            best_fn=_best_fn, best_mode="max", create=not read_only, read_only=read_only,
+            preservation_policy=policy))
 
 
 def legacy_layout(root: Path) -> Optional[str]:
@@ -295,7 +310,8 @@ class Checkpoints:
         read or hold other arrays than `like`."""
         path = self.path(kind, step)
         try:
-            saved = ocp.StandardCheckpointer().metadata(path / "default").item_metadata
+            with _absl_errors_only():  # orbax warns that the item folder has no checkpoint-level metadata file
+                saved = ocp.StandardCheckpointer().metadata(path / "default").item_metadata
         except Exception as e:
             raise _Unreadable(damage_reason(e)) from e
         if saved is None:

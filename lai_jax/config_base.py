@@ -112,6 +112,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # L_span is a sum over the spans the classifier sees divided by: "kept" (those spans, the paper's mean) or
     # "candidates" (all real candidates, the same scale as L_filter).
     c.model.span_loss_norm = "candidates"
+    # L_ner = L_filter + span_loss_weight * L_span. With "candidates" the typing term is a few gold spans' loss
+    # spread over ~100 candidates; a weight > 1 gives it more of the encoder's gradient (1 = the paper's sum).
+    c.model.span_loss_weight = 1.0
     # Compute dtype: auto (bfloat16 on GPUs and TPUs, float32 on CPUs) | float32 | bfloat16. Parameters and
     # optimiser state stay float32; the classifier and filter logits and the G4CN graph are float32 always.
     c.model.dtype = "auto"

@@ -114,10 +114,10 @@ class Phase:
     @classmethod
     def load(cls, workdir: PathLike, phase: str, batch_size: Optional[int] = None) -> "Phase":
         from lai_jax import run_record
+        from lai_jax.cli import UserError
         from lai_jax.evaluate import restore_run
         config = check_workdir(workdir, phase)
         context = run_record.document_context(workdir, config)
-        from lai_jax.cli import UserError
         try:
             setup, runner, params = restore_run(workdir)
         except FileNotFoundError as e:

@@ -44,6 +44,7 @@ class HeadConfig:
     classifier_keeps_gold: bool = False  # the classifier also trains on gold spans the filter misses
     filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
     span_loss_norm: str = "candidates"  # L_span divided by the kept spans ("kept", paper) or all real candidates
+    span_loss_weight: float = 1.0  # L_ner = L_filter + w * L_span (1 = the paper's sum)
 
     @classmethod
     def from_config(cls, config: Any, labels: LabelSet) -> "HeadConfig":
@@ -144,6 +145,7 @@ def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray, head: Optiona
     (cold start), afterwards the filter's own stop-gradient decision at `head.filter_gate_threshold`
     (plus the gold spans when `head.classifier_keeps_gold`). `head.filter_pos_weight` weighs the
     entity class in L_filter; the count is then the weighted count, so the term stays a weighted mean.
+    `head.span_loss_weight` scales L_span (the typing term's share of the encoder's gradient).
     Each slot also carries its `cand_weight` (a sampled negative's inverse sampling rate, else 1) in both
     terms' sums and counts, so a loss over sampled candidates equals the full one in expectation.
     """
@@ -164,7 +166,7 @@ def ner_loss(out: dict, batch: dict, use_gold_filter: jnp.ndarray, head: Optiona
         keep = real & jnp.where(use_gold_filter, is_entity, predicted)
     else:
         keep = real
-    sums["span"] = jnp.sum(_xent(out["logits"], labels) * keep * w_slot)
+    sums["span"] = head.span_loss_weight * jnp.sum(_xent(out["logits"], labels) * keep * w_slot)
     counts["span"] = jnp.sum(w_slot) if head.span_loss_norm == "candidates" else jnp.sum(keep * w_slot)
     return sums, counts
 

@@ -211,7 +211,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
             start_step, state, best_f1 = resumed
             log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
     state = runner.put_state(state)
-    every_evals = max(1, config.checkpoint_every_evals)
+    every_evals = config.checkpoint_every_evals  # >= 1 (build.RANGES)
 
     epoch_plan = functools.lru_cache(maxsize=2)(
         lambda epoch: input_pipeline.epoch_batches(groups, global_batch, config.seed, epoch))

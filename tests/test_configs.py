@@ -30,6 +30,8 @@ def test_paper_configs_match_the_paper(dataset, phase):
     assert c.max_text_len == (100 if dataset == "ade" else 150) and c.max_span_len == 8 and c.max_candidates == 220
     # Training sees every candidate span and every subject, as the paper's training does (sampling is off).
     assert c.ner.train_negatives == 0 and c.re.negative_subject_rate == 1.0
+    # The paper's loss and decoding: L_filter + L_span, and both directions must agree on a relation.
+    assert c.model.span_loss_weight == 1.0 and c.re.re_decode == "both" and c.ner.overlap == "plmarker"
     # Every head count divides the packaged encoder's hidden size (384) and BERT-base's (768).
     assert 384 % c.model.gcn_heads == 0 and 768 % c.model.gcn_heads == 0
 

@@ -36,7 +36,7 @@ def overfit(phase, data_dir, workdir, epochs, **overrides):
         "model.encoder_dropout": 0.0, "eval_every_epochs": 10_000, "log_every_steps": 1,
         # Every candidate and subject, one shape, as these overfitting checks were calibrated (quick.py samples).
         "ner.train_negatives": 0, "re.negative_subject_rate": 1.0, "num_buckets": 1, "re.re_decode": "sum",
-        **overrides})
+        "model.span_loss_weight": 1.0, "ner.overlap": "plmarker", **overrides})
     result = train.train_and_evaluate(c, str(workdir))
     losses = [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl") if '"loss"' in line]
     per_epoch = len(losses) // epochs

@@ -114,10 +114,11 @@ def _np_xent(logits, labels):
     return -np.take_along_axis(logp, labels[..., None], -1)[..., 0]
 
 
-@pytest.mark.parametrize("norm", ["kept", "candidates"])
+@pytest.mark.parametrize("norm,span_weight", [("kept", 1.0), ("candidates", 1.0), ("candidates", 4.0)])
 @pytest.mark.parametrize("keeps_gold", [False, True])
-def test_ner_loss_options_against_numpy(norm, keeps_gold):
-    """Gate threshold, gold teacher forcing, positive weight and span normalisation, hand-computed in numpy."""
+def test_ner_loss_options_against_numpy(norm, span_weight, keeps_gold):
+    """Gate threshold, gold teacher forcing, positive weight, span normalisation and weight, hand-computed in
+    numpy."""
     rng = np.random.default_rng(0)
     B, K, C = 2, 6, 4
     filt = rng.normal(size=(B, K, 2)).astype(np.float32)
@@ -126,7 +127,7 @@ def test_ner_loss_options_against_numpy(norm, keeps_gold):
     cand_mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], bool)
     weight = np.array([1.0, 1.0], np.float32)
     head = HeadConfig("ner", C, filter_gate_threshold=0.4, classifier_keeps_gold=keeps_gold, filter_pos_weight=5.0,
-                      span_loss_norm=norm)
+                      span_loss_norm=norm, span_loss_weight=span_weight)
     batch = {"labels": labels, "cand_mask": cand_mask, "weight": weight}
     out = {"filter_logits": jnp.asarray(filt), "logits": jnp.asarray(logits)}
     p = np.exp(filt[..., 1]) / np.exp(filt).sum(-1)
@@ -137,5 +138,6 @@ def test_ner_loss_options_against_numpy(norm, keeps_gold):
         np.testing.assert_allclose(float(sums["filter"]), (_np_xent(filt, ent.astype(np.int32)) * w).sum(), rtol=1e-5)
         np.testing.assert_allclose(float(counts["filter"]), w.sum())
         keep = cand_mask & (ent if cold else ((p >= 0.4) | (ent & keeps_gold)))
-        np.testing.assert_allclose(float(sums["span"]), (_np_xent(logits, labels) * keep).sum(), rtol=1e-5)
+        np.testing.assert_allclose(float(sums["span"]), span_weight * (_np_xent(logits, labels) * keep).sum(),
+                                   rtol=1e-5)
         assert float(counts["span"]) == (cand_mask.sum() if norm == "candidates" else keep.sum())
