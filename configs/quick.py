@@ -4,8 +4,8 @@
     python -m lai_jax.main --config=configs/quick.py:re --workdir=runs/quick/re --config.re.entities_from=runs/quick/ner
 
 The shapes are shrunk (48 text wordpieces, spans of <= 4 words, 64 candidate slots) and the data sliced
-(the first 450 training sentences, 100 of dev and test) so that both phases train in under 8 minutes on 2 CPU
-cores; the model is the full LAI-Net (annotations, partial attention, G4CN, entity filter, cold start).
+(the first 450 training sentences, 100 of dev and test) so that both phases train and evaluate in 16-20
+minutes on 2 CPU cores; the model is the full LAI-Net (annotations, partial attention, G4CN, entity filter, cold start).
 Training samples: every gold span and 16 other candidates per sentence for NER, every subject with a relation
 and 30 % of the others for RE, drawn anew each epoch and weighted by the inverse rate (evaluation scores every
 candidate and subject). README "Accuracy" has what it scores and the dev runs behind these settings.
