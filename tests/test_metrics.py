@@ -224,3 +224,30 @@ def test_format_table():
     assert lines[2].split()[1:5] == ["62.50", "62.50", "62.50", "51.67"]
     ner_only = format_table(score(gold_docs(), pred_docs(), SYM), tasks=("ner",)).splitlines()
     assert ner_only == lines[:3]
+
+
+MACRO_IN_A_PROCESS = """
+import json
+from lai_jax.data.documents import Document, Entity, Sentence
+from lai_jax.metrics import score
+# Eight types whose F1 values (1/2, 2/3, 2/5, ...) sum to different floats in different orders.
+gold, pred = [], []
+for k in range(8):
+    n = k + 2
+    gold.append(Entity(2 * k, 2 * k, f"T{k}"))
+    pred += [Entity(2 * k, 2 * k, f"T{k}")] + [Entity(40 + 2 * j + 20 * k, 40 + 2 * j + 20 * k, f"T{k}") for j in range(n)]
+words = [f"w{i}" for i in range(250)]
+res = score([Document("d", [Sentence(words, gold, [])])], [Document("d", [Sentence(words, pred, [])])], {})
+print(json.dumps(res["ner"]["macro"]))
+"""
+
+
+def test_macro_scores_do_not_depend_on_the_string_hash_seed():
+    """Sets iterate in an order that follows PYTHONHASHSEED (a process's own): macro averages summed in that order
+    differed in the last digit between the processes of one multi-process run."""
+    import os
+    import subprocess
+    import sys
+    outs = {subprocess.run([sys.executable, "-c", MACRO_IN_A_PROCESS], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(outs) == 1, outs
