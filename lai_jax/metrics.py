@@ -151,16 +151,15 @@ def _summarise(gold_items: Iterable[tuple], pred_items: Iterable[tuple]) -> dict
         if it in gold_set:
             per_type[it[0]].tp += 1
     micro = PRF(sum(c.tp for c in per_type.values()), len(pred_set), len(gold_set))
-    # Summed in type order: a set's order follows the process's string hash seed, and float sums follow the order.
-    types = [per_type[t] for t in sorted(per_type)]
-    n = len(types)
+    # In type order: a set's order follows the process's string hash seed, and float sums follow the order.
+    ordered = {t: per_type[t] for t in sorted(per_type)}
+    n = len(ordered)
     macro = {
-        "p": sum(c.precision for c in types) / n if n else 0.0,
-        "r": sum(c.recall for c in types) / n if n else 0.0,
-        "f1": sum(c.f1 for c in types) / n if n else 0.0,
+        "p": sum(c.precision for c in ordered.values()) / n if n else 0.0,
+        "r": sum(c.recall for c in ordered.values()) / n if n else 0.0,
+        "f1": sum(c.f1 for c in ordered.values()) / n if n else 0.0,
     }
-    return {"micro": micro.as_dict(), "macro": macro,
-            "per_type": {t: per_type[t].as_dict() for t in sorted(per_type)}}
+    return {"micro": micro.as_dict(), "macro": macro, "per_type": {t: c.as_dict() for t, c in ordered.items()}}
 
 
 def score(gold: list[Document], pred: list[Document],
