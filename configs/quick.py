@@ -52,6 +52,6 @@ def get_config(phase: str = "ner"):
     c.optim.learning_rate = 3e-3 if phase == "ner" else 6e-3
     c.optim.encoder_learning_rate = 2e-4 if phase == "ner" else 3e-4
     c.optim.warmup_ratio = 0.05
-    c.eval_every_epochs = c.num_epochs  # dev evaluation (and checkpoint) once, at the end
+    c.eval_every_epochs = 0  # dev evaluation (and checkpoint) once, at the end, whatever --config.num_epochs
     c.log_every_steps = 5
     return c

@@ -60,7 +60,7 @@ _RATE_OR_KEEP = (lambda v: v == -1 or 0 <= v < 1, "-1 (keep the encoder's) or in
 RANGES = {
     "num_epochs": _at_least(1), "cold_start_epochs": _at_least(0), "max_steps": _at_least(0),
     "batch_size": _at_least(1), "grad_accum_steps": _at_least(1), "per_device_eval_batch_size": _at_least(1),
-    "eval_every_epochs": _at_least(1), "eval_every_steps": _at_least(0), "log_every_steps": _at_least(1),
+    "eval_every_epochs": _at_least(0), "eval_every_steps": _at_least(0), "log_every_steps": _at_least(1),
     "prefetch_batches": _at_least(0), "num_buckets": _at_least(1), "max_text_len": _at_least(1),
     "max_span_len": _at_least(1), "max_candidates": _at_least(1), "max_objects": _at_least(1),
     "debug_kill_after_step": _at_least(0), "checkpoint_every_evals": _at_least(1),

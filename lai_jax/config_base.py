@@ -137,8 +137,8 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.max_steps = 0
     # Training batches built and moved to the devices ahead of the step that needs them (background thread).
     c.prefetch_batches = 2
-    # Evaluate on dev every N epochs, and at the end. Each evaluation at least as good as the best before saves
-    # the parameters (checkpoints/params/: what evaluate and predict read).
+    # Evaluate on dev every N epochs (0: only at the end), and at the end. Each evaluation at least as good as
+    # the best before saves the parameters (checkpoints/params/: what evaluate and predict read).
     c.eval_every_epochs = 1
     # Or every N steps if > 0 (overrides eval_every_epochs).
     c.eval_every_steps = 0

@@ -143,6 +143,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         run_record.detach_log()
 
 
+def eval_interval(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> int:
+    """Steps between dev evaluations: `eval_every_steps` if set, else `eval_every_epochs` epochs, 0 epochs
+    meaning only at the end (the last step always evaluates)."""
+    return config.eval_every_steps or steps_per_epoch * config.eval_every_epochs or total_steps
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: str) -> dict:
     """The body of `train_and_evaluate`.
 
@@ -180,7 +186,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    eval_every = config.eval_every_steps or steps_per_epoch * config.eval_every_epochs
+    eval_every = eval_interval(config, steps_per_epoch, total_steps)
 
     sample = input_pipeline.stack(train_inst[:1])
     state = init_state(setup, sample, total_steps, initial_encoder(config) if previous is None else None)

@@ -84,6 +84,23 @@ def test_per_device_batch_splits_the_global_batch():
         per_device_batch(c, 1)
 
 
+def test_evaluation_interval_steps_epochs_or_only_at_the_end():
+    from lai_jax.config_base import base_config
+    from lai_jax.train import eval_interval
+    c = base_config("conll04", "ner")
+    c.eval_every_steps, c.eval_every_epochs = 0, 2
+    assert eval_interval(c, 10, 70) == 20
+    c.eval_every_epochs = 0  # only at the end, whatever the number of epochs
+    assert eval_interval(c, 10, 70) == 70 and eval_interval(c, 10, 30) == 30
+    c.eval_every_steps = 7  # steps win over epochs
+    assert eval_interval(c, 10, 70) == 7
+    for name in ("quick", "conll04_cpu"):  # the CPU configs evaluate RE once, also with --config.num_epochs=N
+        from lai_jax.config_base import load_config_file
+        re_config = load_config_file(REPO / "configs" / f"{name}.py", "re")
+        re_config.num_epochs = 9
+        assert eval_interval(re_config, 10, 90) == 90
+
+
 def test_dev_holdout_does_not_follow_the_training_seed(monkeypatch):
     """ADE's dev hold-out is drawn with data.holdout_seed: seeds vary the model, not the data."""
     from configs.ade import get_config
