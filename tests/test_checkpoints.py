@@ -175,9 +175,9 @@ print("ok", jax.local_device_count())
 def test_one_replica_of_a_pmap_state_is_one_device_copy():
     import subprocess
     import sys
-    from tests.conftest import REPO
+    from tests.conftest import REPO, subprocess_xla_flags
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+           "XLA_FLAGS": subprocess_xla_flags("--xla_force_host_platform_device_count=4")}
     out = subprocess.run([sys.executable, "-c", ONE_REPLICA_CHECK], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.split()[-2:] == ["ok", "4"], out.stderr[-3000:]

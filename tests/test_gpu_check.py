@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_xla_flags
 
 IMAGE_LIST = REPO / "launch" / "gpu_image.txt"
 # What the check imports (gpu_check.sh runs benchmarks.gpu_check; the rest it reaches, some lazily).
@@ -84,7 +84,8 @@ def image_env(tmp: Path, with_wheels: bool = True) -> dict[str, str]:
     """Environment variables of a Python that sees only the image's packages (+ the wheel rows)."""
     requirements = [r for r, _ in list_rows("image")] + ([r for r, _ in list_rows("wheel")] if with_wheels else [])
     site = link_environment(tmp / ("image+wheels" if with_wheels else "image"), distributions(requirements))
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{site}", "PYTHON": f"{sys.executable} -S"}
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{site}", "PYTHON": f"{sys.executable} -S",
+            "XLA_FLAGS": subprocess_xla_flags()}
 
 
 def run_in(env: dict[str, str], code: str, cwd: Path) -> subprocess.CompletedProcess:

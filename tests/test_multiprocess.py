@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_xla_flags
 
 # Without the session's compilation cache: these runs compare 1 and 2 processes, each compiling its own programs.
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
@@ -48,7 +48,7 @@ def launch(processes: int, devices: int, flags: list[str], guarded: list[Path], 
     port = free_port()
     procs, logs = [], []
     for i in range(processes):
-        env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        env = {**ENV, "XLA_FLAGS": subprocess_xla_flags(f"--xla_force_host_platform_device_count={devices}")}
         extra = []
         if processes > 1:
             env.update(slurm_env(i, processes, devices, port))

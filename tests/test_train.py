@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, subprocess_xla_flags, tiny_config
 from lai_jax import build as build_lib
 from lai_jax import evaluate
 from lai_jax import input_pipeline
 from lai_jax import predictions
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": subprocess_xla_flags()}
 
 
 def run(args, env=None, check=True, timeout=600):
@@ -29,7 +29,7 @@ def run(args, env=None, check=True, timeout=600):
 
 
 def test_eight_devices_equal_one_device_and_pmap_equals_shard_map(tiny_bert):
-    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**ENV, "XLA_FLAGS": subprocess_xla_flags("--xla_force_host_platform_device_count=8")}
     out = run(["tests/multidevice_check.py", tiny_bert, "ner"], env=env)
     diffs = json.loads(out.stdout.strip().splitlines()[-1])
     assert diffs["moved"] > 1e-4  # the steps really changed the parameters
