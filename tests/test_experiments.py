@@ -39,3 +39,24 @@ def test_run_one_goes_through_the_chain_script_which_skips_finished_phases(tmp_p
     out, err = capfd.readouterr()
     assert "skipping the ner phase" in err and "skipping the re phase" in err
     assert "NER 50.00 (25.00)" in out  # lai_jax.summary ran on the run's folder
+
+
+def test_chain_passes_prefixed_arguments_to_one_phase(tmp_path):
+    """launch/ner_re.sh: plain extra arguments reach both phases, `ner:` / `re:` ones only their phase."""
+    import os
+    import subprocess
+    from lai_jax.experiments import CHAIN
+    fake = tmp_path / "python"  # records each command line instead of training
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "calls"}\n')
+    fake.chmod(0o755)
+    subprocess.run(["bash", str(CHAIN), "configs/quick.py", str(tmp_path / "out"), "--config.seed=3",
+                    "ner:--config.num_epochs=7", "re:--config.optim.learning_rate=3e-3"],
+                   check=True, env={**os.environ, "PYTHON": str(fake)})
+    ner, re_, summary = (tmp_path / "calls").read_text().splitlines()
+    out = tmp_path / "out"
+    assert ner.split() == ["-m", "lai_jax.main", "--config=configs/quick.py:ner", f"--workdir={out / 'ner'}",
+                           "--config.seed=3", "--config.num_epochs=7"]
+    assert re_.split() == ["-m", "lai_jax.main", "--config=configs/quick.py:re", f"--workdir={out / 're'}",
+                           f"--config.re.entities_from={out / 'ner'}", "--config.seed=3",
+                           "--config.optim.learning_rate=3e-3"]
+    assert summary.split() == ["-m", "lai_jax.summary", str(out)]
