@@ -47,6 +47,9 @@ def get_config(phase: str = "ner"):
     # (sum) and 33.5 (both, the paper's rule, which swung from 26.8 to 39.4).
     c.re.init_from_ner = True
     c.re.re_decode = "either"
+    # Relations only between entity types that the training relations join: dev RE+ 38.85 against 37.63 on
+    # the 450 x 10 run, 57.70 against 54.75 on all of CoNLL04 (README "Accuracy").
+    c.re.type_constraints = True
     # Three RE epochs learn slowly: rates of 6e-3 / 3e-4 instead of 3e-3 / 2e-4 gave dev RE+ 36.5 against 32.5
     # (either; 1e-2 / 5e-4: 23.6).
     c.optim.learning_rate = 3e-3 if phase == "ner" else 6e-3

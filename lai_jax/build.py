@@ -31,6 +31,8 @@ class Setup:
     head: HeadConfig
     shapes: tuple = ()  # (slots, tokens) per batch bucket (`input_pipeline.plan_buckets`); () = the full (K, T)
     checkpoint_step: Optional[int] = None  # the step of the checkpoint restored for evaluation, if any
+    # RE: the (relation, head type, tail type) triples of the training split (`re.type_constraints`).
+    signatures: Optional[frozenset] = None
 
 
 def feature_config(config) -> features.FeatureConfig:

@@ -192,6 +192,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.re.re_decode = "both"
     # Probability threshold of a direction's decision.
     c.re.threshold = 0.5
+    # Decode only relations whose (relation, head type, tail type) occurs in the training split: a class that
+    # does not fit a pair's predicted entity types is ruled out before the direction rule. Not in the paper.
+    c.re.type_constraints = False
     # RE training on sampled subjects: each epoch, every subject instance with a gold relation and this
     # fraction of the others, drawn anew and weighted by the inverse rate (the loss keeps its expectation).
     # Evaluation always scores every subject. 1 = every subject (paper).

@@ -41,6 +41,12 @@ B[inverse_id(r)] (both forward ids for a symmetric r). Rules:
   With one direction missing, only the present one is used (= its argmax). At most one triple per
   unordered pair.
 
+Type constraints (``signatures``, the config's ``re.type_constraints``): given the entities' types and a set of
+(relation, head type, tail type) signatures (those of the training split), a class whose relation does not fit
+its frame's (head, tail) types has its probability set to 0 in that direction before the rule applies (a
+symmetric relation fits in either order), so the rule picks among the classes that fit ("none" always does).
+The other probabilities are not renormalised: the threshold applies to what the model gave each class.
+
 Symmetric types: (i -> j, r) and (j -> i, r) are the same relation; only the one whose head span comes
 first in span order ((start, end) tuple comparison) is output. Duplicate triples (e.g. the same triple
 from both directions, or entities listed twice) are merged keeping the max score. The result is a list
@@ -112,24 +118,50 @@ def _log(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, 1e-30, None))
 
 
+Signature = tuple[str, str, str]  # (relation type, head entity type, tail entity type)
+
+
+def fitting_classes(space: RelationLabelSpace, subject_type: str, object_type: str,
+                    signatures: frozenset[Signature]) -> np.ndarray:
+    """[num_classes] bool: the classes of a (subject, object) slot whose relation fits the two types."""
+    fits = np.zeros(space.num_classes, bool)
+    fits[0] = True  # none
+    for c in range(1, space.num_classes):
+        r, is_inv = space.class_info(c)
+        head, tail = (object_type, subject_type) if is_inv else (subject_type, object_type)
+        fits[c] = (r, head, tail) in signatures or (space.is_symmetric(r) and (r, tail, head) in signatures)
+    return fits
+
+
 def decode_relations(entities: list[Span], pair_probs: dict[tuple[int, int], np.ndarray],
                      space: RelationLabelSpace, rule: str = "both", threshold: float = 0.5,
+                     entity_types: Optional[Sequence[str]] = None,
+                     signatures: Optional[frozenset[Signature]] = None,
                      ) -> list[tuple[Span, Span, str, float]]:
     """Decode relation triples ``(head_span, tail_span, type, score)``; see the module docstring.
 
     ``pair_probs[(i, j)]`` are the softmax probabilities [num_classes] of the slot with subject
-    ``entities[i]`` and object ``entities[j]``.
+    ``entities[i]`` and object ``entities[j]``. With ``signatures`` (and ``entity_types``, one per entity),
+    classes that do not fit the pair's types are ruled out.
     """
+    if signatures is not None and (entity_types is None or len(entity_types) != len(entities)):
+        raise ValueError("type constraints need one entity type per entity")
     if rule not in RE_DECODE_RULES:
         raise ValueError(f"unknown re_decode rule {rule!r}; expected one of {RE_DECODE_RULES}")
     n, C = len(entities), space.num_classes
     probs: dict[tuple[int, int], np.ndarray] = {}
+    fits: dict[tuple[str, str], np.ndarray] = {}  # per (subject type, object type)
     for (i, j), p in pair_probs.items():
         if not (0 <= i < n and 0 <= j < n) or i == j:
             raise ValueError(f"pair ({i}, {j}) is invalid for {n} entities")
         p = np.asarray(p, dtype=np.float64).reshape(-1)
         if p.shape != (C,):
             raise ValueError(f"pair ({i}, {j}) probs have shape {p.shape}, expected ({C},)")
+        if signatures is not None:
+            types = (entity_types[i], entity_types[j])
+            if types not in fits:
+                fits[types] = fitting_classes(space, *types, signatures)
+            p = p * fits[types]
         probs[(i, j)] = p
     spans = [(int(s), int(e)) for s, e in entities]
     perm = space.swap_permutation()

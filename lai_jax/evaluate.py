@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from lai_jax import checkpoints, compile_cache, evaluation, input_pipeline, metrics as metrics_lib, predictions
+from lai_jax import checkpoints, compile_cache, evaluation, input_pipeline, metrics as metrics_lib, predictions, run_record
 from lai_jax.build import Setup, build, check_config, init_state
 from lai_jax.cli import UserError
 from lai_jax.config_base import RUN_REFERENCES, base_config, load_run_config, parse_assignment, set_fields
@@ -52,7 +52,8 @@ def restore_run(workdir: str | Path) -> tuple[Setup, Runner, object]:
     compile_cache.enable(config.compile_cache)
     setup = build(config)
     featurizer, shapes = input_pipeline.load_shapes(Path(workdir) / SHAPES_FILE, setup.featurizer, config.phase)
-    setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes)
+    signatures = run_record.relation_signatures(workdir, config) if config.phase == "re" else None
+    setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes, signatures=signatures)
     dummy = [input_pipeline.dummy_document(setup.labels.entity_types[0])]
     sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, config.phase, dummy)[:1])
     runner = Runner(config.parallel, *bind_steps(setup.model, config.phase))
@@ -93,8 +94,8 @@ def predicted_entities(config, split: str, docs: list[Document]) -> Optional[lis
 
 
 # Fields that change decoding only, so they may differ from training (`--set`): tune them on dev.
-DECODE_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_decode", "re.entities_from",
-                 "eval.symmetric_count", "per_device_eval_batch_size")
+DECODE_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_decode", "re.type_constraints",
+                 "re.entities_from", "eval.symmetric_count", "per_device_eval_batch_size")
 EVAL_DIR = "eval"  # <workdir>/eval/: what `evaluate` writes unless told to replace the run's predictions
 
 
@@ -189,7 +190,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 # Fields whose values can be compared from one forward pass (`--sweep`).
-SWEEP_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_decode", "eval.symmetric_count")
+SWEEP_FIELDS = ("ner.filter_threshold", "ner.overlap", "re.threshold", "re.re_decode", "re.type_constraints",
+                "eval.symmetric_count")
 
 
 def parse_sweep(item: str) -> tuple[str, list]:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from lai_jax import decoding, input_pipeline, metrics as metrics_lib
 from lai_jax.build import Setup
+from lai_jax.cli import UserError
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.features import Instance
 from lai_jax.parallel import Runner, host_block
@@ -93,10 +94,16 @@ def _decode_relations(setup: Setup, docs, pred: list[Document], instances, probs
         table = pair_probs.setdefault((inst.doc, inst.sent), {})
         for slot, obj in enumerate(inst.spans):
             table[(idx[inst.subject], idx[obj])] = p["type_probs"][slot]
+    constrained = c.re.type_constraints
+    if constrained and setup.signatures is None:
+        raise UserError("re.type_constraints=True needs the relation signatures of the run's training data, which "
+                        "neither its run.json nor its training split gave; decode with --set=re.type_constraints=False")
     for (d, s), table in pair_probs.items():
         sent = pred[d].sentences[s]
         triples = decoding.decode_relations([e.span for e in sent.entities], table, setup.featurizer.rel_space,
-                                            rule=c.re.re_decode, threshold=c.re.threshold)
+                                            rule=c.re.re_decode, threshold=c.re.threshold,
+                                            entity_types=[e.type for e in sent.entities] if constrained else None,
+                                            signatures=setup.signatures if constrained else None)
         sent.relations = [Relation(tuple(h), tuple(t), r, float(p)) for h, t, r, p in triples]
 
 

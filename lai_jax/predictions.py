@@ -15,7 +15,7 @@ log = logging.getLogger("lai_jax")
 
 # Config fields that decide what a phase's predictions file holds besides the checkpoint (see `write_predictions`).
 PREDICTION_FIELDS = {"ner": ("model.use_filter", "ner.filter_threshold", "ner.overlap"),
-                     "re": ("re.entities_from", "re.re_decode", "re.threshold")}
+                     "re": ("re.entities_from", "re.re_decode", "re.threshold", "re.type_constraints")}
 
 
 def prediction_settings(config, checkpoint_step: Optional[int], workdir: Optional[Path] = None) -> dict:

@@ -5,7 +5,9 @@ command line, the working folder, the time, the git commit of the lai-jax checko
 when it had uncommitted changes) and the versions of Python and of the packages that decide the numbers.
 It also holds what the training data looked like (``"training_data"``), which prediction needs to build
 the model's input as training did: ``document_context`` is true when a training document had more than one
-sentence, so that the model saw neighbouring sentences around each one (`document_context`).
+sentence, so that the model saw neighbouring sentences around each one (`document_context`), and
+``relation_signatures`` are the (relation, head type, tail type) triples of its relations, which
+``re.type_constraints`` decodes with (`relation_signatures`).
 
 ``log.txt`` receives every line of the ``lai_jax`` logger (appended on resume). Only process 0 writes.
 """
@@ -81,11 +83,24 @@ def start_entry(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             **git_commit(), "packages": package_versions()}
 
 
+def signatures(docs: Sequence[Document]) -> list[list[str]]:
+    """The sorted distinct [relation type, head entity type, tail entity type] of the documents' relations."""
+    found = set()
+    for doc in docs:
+        for sent in doc.sentences:
+            types = {e.span: e.type for e in sent.entities}
+            found.update((r.type, types[r.head], types[r.tail]) for r in sent.relations
+                         if r.head in types and r.tail in types)
+    return [list(s) for s in sorted(found)]
+
+
 def training_data(docs: Sequence[Document]) -> dict[str, Any]:
-    """What prediction must know of the training documents: sizes, and whether sentences had neighbours."""
+    """What prediction must know of the training documents: sizes, whether sentences had neighbours, and the
+    entity types each relation joined."""
     most = max((len(d.sentences) for d in docs), default=0)
     return {"documents": len(docs), "sentences": sum(len(d.sentences) for d in docs),
-            "max_sentences_per_document": most, "document_context": most > 1}
+            "max_sentences_per_document": most, "document_context": most > 1,
+            "relation_signatures": signatures(docs)}
 
 
 class _RunLog(logging.FileHandler):
@@ -132,21 +147,37 @@ def record_training_data(workdir: str | Path, docs: Sequence[Document]) -> None:
     _write(Path(workdir), record)
 
 
-def document_context(workdir: str | Path, config) -> bool:
-    """Whether the run's model was trained with neighbouring sentences as context.
-
-    Read from run.json; for runs made before it was recorded, worked out from the run's training split
-    (the same data and limit), and assumed true (the windows of training) when that cannot be read.
-    """
+def _training_data_field(workdir: str | Path, config, field: str) -> tuple[Any, Optional[Exception]]:
+    """(value, None) of a `training_data` field: from run.json, or for runs made before it was recorded,
+    worked out from the run's training split (the same data and limit); (None, error) when that cannot be read."""
     recorded = read(workdir).get("training_data", {})
-    if "document_context" in recorded:
-        return bool(recorded["document_context"])
+    if field in recorded:
+        return recorded[field], None
     from lai_jax import input_pipeline
     from lai_jax.data.labels import load_labels
     try:
         docs = input_pipeline.load_docs(config, config.data.train_split, load_labels(input_pipeline.labels_path(config)))
-    except Exception as e:  # any reader, builder or label error: fall back to what training did by default
+    except Exception as e:  # any reader, builder or label error: the caller falls back
+        return None, e
+    return training_data(input_pipeline.limit_sentences(docs, config.data.train_limit))[field], None
+
+
+def document_context(workdir: str | Path, config) -> bool:
+    """Whether the run's model was trained with neighbouring sentences as context (assumed true, the windows
+    of training, when neither run.json nor the training data can tell)."""
+    value, error = _training_data_field(workdir, config, "document_context")
+    if error is not None:
         log.warning("%s: cannot read its training data to tell whether it was trained with document context "
-                    "(%s); predicting with neighbouring sentences as context", workdir, e)
+                    "(%s); predicting with neighbouring sentences as context", workdir, error)
         return True
-    return training_data(input_pipeline.limit_sentences(docs, config.data.train_limit))["document_context"]
+    return bool(value)
+
+
+def relation_signatures(workdir: str | Path, config) -> Optional[frozenset[tuple[str, str, str]]]:
+    """The (relation, head type, tail type) triples of the run's training relations; None when neither run.json
+    nor the training data can tell (decoding with `re.type_constraints` then stops with an error)."""
+    value, error = _training_data_field(workdir, config, "relation_signatures")
+    if error is not None:
+        log.warning("%s: cannot read its training data for the relation signatures (%s)", workdir, error)
+        return None
+    return frozenset(tuple(s) for s in value)

@@ -228,3 +228,40 @@ def test_decode_relations_validation():
     with pytest.raises(ValueError):
         decode_relations(ENTS, {(0, 3): p(none=1.0)}, SPACE)
     assert decode_relations([], {}, SPACE, "sum") == []
+
+
+def test_type_constraints_rule_out_classes_that_do_not_fit_the_pair():
+    from lai_jax.decoding import fitting_classes
+    sigs = frozenset({("WORK", "PER", "ORG"), ("PART", "ORG", "ORG"), ("PER-SOC", "PER", "GPE")})
+    # Slot (subject PER, object ORG): WORK fits forward; WORK^-1 would make the ORG work for the PER; PART needs
+    # two ORGs; PER-SOC (symmetric) needs PER and GPE in either order.
+    assert fitting_classes(SPACE, "PER", "ORG", sigs).tolist() == [True, True, False, False, False, False]
+    assert fitting_classes(SPACE, "ORG", "PER", sigs).tolist() == [True, False, False, False, True, False]
+    assert fitting_classes(SPACE, "GPE", "PER", sigs).tolist() == [True, False, True, False, False, False]
+    assert fitting_classes(SPACE, "ORG", "ORG", sigs).tolist() == [True, False, False, True, False, True]
+    # (1,2) said PART both ways; between a PER and an ORG PART cannot be, so `both` keeps nothing, `either`
+    # nothing for that pair, and `sum` falls back on the best class that fits (none: 0.1*0.2 vs WORK 0).
+    types = ["PER", "PER", "ORG"]
+    assert decode_relations(ENTS, PAIRS, SPACE, "both", entity_types=types, signatures=sigs) == []
+    assert decode_relations(ENTS, PAIRS, SPACE, "either", entity_types=types, signatures=sigs) == [
+        ((0, 0), (4, 5), "WORK", pytest.approx(0.7))]  # (0,1) PER -> PER WORK is ruled out too
+    # The argmax moves to the next class that fits: (0,1) says PART 0.5 > WORK 0.4 between a PER and an ORG;
+    # the probabilities are not renormalised (WORK stays 0.4, under the default threshold of 0.5).
+    pairs = {(0, 1): p(none=0.1, WORK=0.4, PART=0.5)}
+    assert decode_relations(ENTS, pairs, SPACE, "either", 0.3) == [((0, 0), (2, 2), "PART", pytest.approx(0.5))]
+    fit = dict(entity_types=["PER", "ORG", "ORG"], signatures=sigs)
+    assert decode_relations(ENTS, pairs, SPACE, "either", 0.3, **fit) == [((0, 0), (2, 2), "WORK", pytest.approx(0.4))]
+    assert decode_relations(ENTS, pairs, SPACE, "either", **fit) == []
+    with pytest.raises(ValueError):
+        decode_relations(ENTS, PAIRS, SPACE, "both", signatures=sigs)  # no entity types
+
+
+def test_relation_signatures_of_documents():
+    from lai_jax.data.documents import Document, Entity, Relation, Sentence
+    from lai_jax.run_record import signatures, training_data
+    sent = Sentence(["a", "b", "c", "d"], [Entity(0, 0, "PER"), Entity(1, 1, "ORG"), Entity(3, 3, "PER")],
+                    [Relation((0, 0), (1, 1), "WORK"), Relation((3, 3), (1, 1), "WORK"),
+                     Relation((1, 1), (0, 0), "PART")])
+    docs = [Document("d", [sent]), Document("e", [Sentence(["x"])])]
+    assert signatures(docs) == [["PART", "ORG", "PER"], ["WORK", "PER", "ORG"]]
+    assert training_data(docs)["relation_signatures"] == signatures(docs)

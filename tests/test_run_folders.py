@@ -199,3 +199,27 @@ def test_damaged_checkpoints_fall_back_or_name_the_folder_from_the_cli(pair, tmp
         assert proc.returncode == 2, proc.stderr[-3000:]
         errors = [line for line in lines if line.startswith(prefix)]
         assert len(errors) == 1 and f"Delete {run / 'checkpoints'} and train again" in errors[0], proc.stderr[-3000:]
+
+
+def test_type_constraints_decode_with_the_signatures_of_the_training_relations(pair, tmp_path):
+    from lai_jax import input_pipeline, run_record
+    from lai_jax.config_base import load_run_config
+    runs = shutil.copytree(pair, tmp_path / "runs")
+    run = runs / "re"
+    record = json.loads((run / "run.json").read_text())
+    recorded = record["training_data"]["relation_signatures"]
+    config = load_run_config(run)
+    setup, _, _ = evaluate.restore_run(run)
+    train_docs = input_pipeline.load_splits(config, setup.labels)["train"]
+    assert recorded and recorded == run_record.signatures(train_docs)
+    assert setup.signatures == frozenset(map(tuple, recorded))
+    # A run made before they were recorded: worked out from its training split, the same.
+    del record["training_data"]["relation_signatures"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert evaluate.restore_run(run)[0].signatures == setup.signatures
+    sweep = evaluate.sweep_split(run, "dev", "re.type_constraints", [False, True])
+    assert sweep["ignored"] is None and [r["value"] for r in sweep["runs"]] == [False, True]
+    free, constrained = (r["result"]["re"]["micro"]["n_pred"] for r in sweep["runs"])
+    assert constrained <= free
+    assert "re.type_constraints is ignored" in evaluate.ignored_because(load_run_config(runs / "ner"),
+                                                                         "re.type_constraints")
