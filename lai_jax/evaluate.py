@@ -28,7 +28,8 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from lai_jax import checkpoints, compile_cache, evaluation, input_pipeline, metrics as metrics_lib, predictions, run_record
+from lai_jax import (checkpoints, compile_cache, evaluation, input_pipeline, metrics as metrics_lib, predictions,
+                     run_record)
 from lai_jax.build import Setup, build, check_config, init_state
 from lai_jax.cli import UserError
 from lai_jax.config_base import RUN_REFERENCES, base_config, load_run_config, parse_assignment, set_fields

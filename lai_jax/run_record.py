@@ -175,9 +175,10 @@ def document_context(workdir: str | Path, config) -> bool:
 
 def relation_signatures(workdir: str | Path, config) -> Optional[frozenset[tuple[str, str, str]]]:
     """The (relation, head type, tail type) triples of the run's training relations; None when neither run.json
-    nor the training data can tell (decoding with `re.type_constraints` then stops with an error)."""
+    nor the training data can tell (decoding with `re.type_constraints` then stops with an error; without it
+    nothing needs them, so no warning here)."""
     value, error = _training_data_field(workdir, config, "relation_signatures")
     if error is not None:
-        log.warning("%s: cannot read its training data for the relation signatures (%s)", workdir, error)
+        log.info("%s: cannot read its training data for the relation signatures (%s)", workdir, error)
         return None
     return frozenset(tuple(s) for s in value)
