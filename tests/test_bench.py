@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from benchmarks.workload import REPO, load_batch, make_setup
 from lai_jax import pretrained
 from lai_jax.models import ner_loss
 from lai_jax import input_pipeline
+from tests.conftest import subprocess_xla_flags
 
 LAYERS = 2  # the packaged encoder's first layers: real weight scales, quick compiles
 
@@ -127,7 +129,7 @@ def test_kl_matrix_port_matches():
 
 def test_bench_smoke():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--smoke"], capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+                          timeout=600, cwd=REPO, env={**os.environ, "XLA_FLAGS": subprocess_xla_flags()})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     assert len(lines) == 1, proc.stdout
