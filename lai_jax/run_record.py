@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from lai_jax.data.documents import Document
+from lai_jax.decoding import Signature
 
 RECORD_FILE = "run.json"
 LOG_FILE = "log.txt"
@@ -83,15 +84,15 @@ def start_entry(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             **git_commit(), "packages": package_versions()}
 
 
-def signatures(docs: Sequence[Document]) -> list[list[str]]:
-    """The sorted distinct [relation type, head entity type, tail entity type] of the documents' relations."""
+def signatures(docs: Sequence[Document]) -> frozenset[Signature]:
+    """The distinct (relation type, head entity type, tail entity type) of the documents' relations."""
     found = set()
     for doc in docs:
         for sent in doc.sentences:
             types = {e.span: e.type for e in sent.entities}
             found.update((r.type, types[r.head], types[r.tail]) for r in sent.relations
                          if r.head in types and r.tail in types)
-    return [list(s) for s in sorted(found)]
+    return frozenset(found)
 
 
 def training_data(docs: Sequence[Document]) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def training_data(docs: Sequence[Document]) -> dict[str, Any]:
     most = max((len(d.sentences) for d in docs), default=0)
     return {"documents": len(docs), "sentences": sum(len(d.sentences) for d in docs),
             "max_sentences_per_document": most, "document_context": most > 1,
-            "relation_signatures": signatures(docs)}
+            "relation_signatures": [list(s) for s in sorted(signatures(docs))]}
 
 
 class _RunLog(logging.FileHandler):
@@ -173,7 +174,7 @@ def document_context(workdir: str | Path, config) -> bool:
     return bool(value)
 
 
-def relation_signatures(workdir: str | Path, config) -> Optional[frozenset[tuple[str, str, str]]]:
+def relation_signatures(workdir: str | Path, config) -> Optional[frozenset[Signature]]:
     """The (relation, head type, tail type) triples of the run's training relations; None when neither run.json
     nor the training data can tell (decoding with `re.type_constraints` then stops with an error; without it
     nothing needs them, so no warning here)."""

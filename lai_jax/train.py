@@ -173,7 +173,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
                                                                  config.num_buckets)
     if not train_inst:
         raise UserError("the training split produced no instances (no sentences, or no entities for RE)")
-    signatures = frozenset(map(tuple, run_record.signatures(docs["train"]))) if config.phase == "re" else None
+    signatures = run_record.signatures(docs["train"]) if config.phase == "re" else None
     setup = dataclasses.replace(setup, featurizer=featurizer, shapes=shapes, signatures=signatures)
     training = input_pipeline.TrainingSet(featurizer, config.phase, docs["train"], train_inst, shapes, config)
     train_inst, train_shapes = training.first, training.shapes
