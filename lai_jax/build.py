@@ -39,7 +39,8 @@ def feature_config(config) -> features.FeatureConfig:
     """The featurizer's shape parameters (config fields of the same names)."""
     return features.FeatureConfig(max_text_len=config.max_text_len, max_span_len=config.max_span_len,
                                   max_candidates=config.max_candidates, max_objects=config.max_objects,
-                                  use_annotations=config.use_annotations)
+                                  use_annotations=config.use_annotations,
+                                  typed_markers=config.phase == "re" and config.re.typed_markers)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

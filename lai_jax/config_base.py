@@ -195,6 +195,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # Decode only relations whose (relation, head type, tail type) occurs in the training split: a class that
     # does not fit a pair's predicted entity types is ruled out before the direction rule. Not in the paper.
     c.re.type_constraints = False
+    # Typed RE markers (PURE): the solid subject markers and the levitated object markers name the entity's type
+    # (gold in training, the NER run's prediction end to end), so the encoder reads the pair's types in context.
+    # Not in the paper, whose markers are the same for every entity.
+    c.re.typed_markers = False
     # RE training on sampled subjects: each epoch, every subject instance with a gold relation and this
     # fraction of the others, drawn anew and weighted by the inverse rate (the loss keeps its expectation).
     # Evaluation always scores every subject. 1 = every subject (paper).

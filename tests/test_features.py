@@ -141,6 +141,50 @@ def test_re_instance_solid_and_levitated_markers(tok, labels):
     assert loc.arrays["labels"][loc.spans.index((0, 1))] == space.inverse_id("Live_In")
 
 
+def test_typed_re_markers_name_each_entity_type(tok, labels):
+    """re.typed_markers: the subject's solid markers and each object's levitated markers are its type's tokens
+    (gold types in training, the given entities' types end to end); everything else matches the untyped instance."""
+    plain = make_featurizer(tok, labels, max_objects=4)
+    typed = make_featurizer(tok, labels, max_objects=4, typed_markers=True)
+    names = dict(zip(labels.entity_types, features.typed_marker_tokens(len(labels.entity_types))))
+    ids_of = lambda four: [tok.convert_tokens_to_ids(t) for t in four]  # noqa: E731
+    assert len({i for four in names.values() for i in ids_of(four)} | {tok.convert_tokens_to_ids(f"[unused{i}]")
+                                                                        for i in range(6)}) == 6 + 4 * len(names)
+    gold_types = {e.span: e.type for e in long_doc().sentences[1].entities}
+    for p_inst, t_inst in zip(plain.re_instances([long_doc()]), typed.re_instances([long_doc()])):
+        a, b = p_inst.arrays, t_inst.arrays
+        subj_start, subj_end = ids_of(names[gold_types[t_inst.subject]])[:2]
+        assert (b["input_ids"][b["subj_marker_start"]], b["input_ids"][b["subj_marker_end"]]) == (subj_start, subj_end)
+        for slot, o in enumerate(t_inst.spans):
+            assert [b["input_ids"][b["cand_marker_start"][slot]], b["input_ids"][b["cand_marker_end"][slot]]] == \
+                ids_of(names[gold_types[o]])[2:]
+        differs = a["input_ids"] != b["input_ids"]
+        assert differs.sum() == 2 + 2 * len(t_inst.spans)  # the markers, and nothing else
+        for k in a:
+            if k != "input_ids":
+                assert np.array_equal(a[k], b[k]), k
+    # End to end the markers follow the predicted types, right or wrong.
+    retyped = [[[], [Entity(0, 1, "Org"), Entity(5, 5, "Peop")], []]]  # one document, its three sentences
+    inst = [i for i in typed.re_instances([long_doc()], retyped) if i.subject == (0, 1)][0]
+    a = inst.arrays
+    assert a["input_ids"][a["subj_marker_start"]] == ids_of(names["Org"])[0]
+    assert a["input_ids"][a["cand_marker_start"][0]] == ids_of(names["Peop"])[2]
+
+
+def test_typed_markers_need_the_reserved_tokens(labels):
+    class Tok:
+        cls_token_id, sep_token_id, pad_token_id, unk_token_id = 1, 2, 0, 3
+
+        def get_vocab(self):
+            return {f"[unused{i}]": 10 + i for i in range(8)}
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [5]}
+    features.Featurizer(Tok(), labels, features.FeatureConfig())  # untyped: [unused0..5] suffice
+    with pytest.raises(ValueError, match=r"re.typed_markers: .*lacks the reserved tokens \['\[unused8\]'"):
+        features.Featurizer(Tok(), labels, features.FeatureConfig(typed_markers=True))
+
+
 def _expected(preset, gq, gk, q, k, partner):
     if gq == masks.PAD or gk == masks.PAD:
         return q == k

@@ -42,6 +42,14 @@ from lai_jax.data.windows import best_window, pair_windows, plan_windows
 NER_START, NER_END = "[unused0]", "[unused1]"
 SUBJ_START, SUBJ_END = "[unused2]", "[unused3]"
 OBJ_START, OBJ_END = "[unused4]", "[unused5]"
+# Typed RE markers (`re.typed_markers`): entity type t (0-based, label-file order) marks a subject with
+# [unused{6+4t}] / [unused{7+4t}] and an object with [unused{8+4t}] / [unused{9+4t}].
+TYPED_MARKER_BASE = 6
+
+
+def typed_marker_tokens(num_types: int) -> list[tuple[str, str, str, str]]:
+    """(subject start, subject end, object start, object end) marker tokens of each entity type."""
+    return [tuple(f"[unused{TYPED_MARKER_BASE + 4 * t + i}]" for i in range(4)) for t in range(num_types)]
 
 Span = tuple[int, int]
 
@@ -54,6 +62,8 @@ class FeatureConfig:
     max_candidates: int = 220  # K: candidate slots per NER instance
     max_objects: int = 16  # object slots per RE instance
     use_annotations: bool = True  # False = the paper's "w/o 1st round" ablation
+    # RE markers name the entity type (PURE's typed markers; not in the paper, which marks every entity alike).
+    typed_markers: bool = False
     # Slot counts an instance may be filled for (ascending, the last = max_candidates / max_objects; see
     # `lai_jax.data.slots`); empty = K alone, candidates cut into consecutive chunks of K as in the paper.
     ner_slot_buckets: tuple[int, ...] = ()
@@ -96,6 +106,17 @@ class Featurizer:
             raise ValueError(f"the encoder's vocabulary lacks the reserved marker tokens {missing}; "
                              "lai-jax needs a BERT-style vocabulary with [unused0]..[unused5]")
         self.marker_ids = {t: vocab[t] for t in (NER_START, NER_END, SUBJ_START, SUBJ_END, OBJ_START, OBJ_END)}
+        # RE marker ids (subject start, subject end, object start, object end) by entity type.
+        self.re_markers: dict[str, tuple[int, int, int, int]] = {}
+        if cfg.typed_markers:
+            names = typed_marker_tokens(len(labels.entity_types))
+            lacking = [t for four in names for t in four if t not in vocab]
+            if lacking:
+                raise ValueError(f"re.typed_markers: the encoder's vocabulary lacks the reserved tokens {lacking[:4]} "
+                                 f"({len(labels.entity_types)} entity types need [unused{TYPED_MARKER_BASE}].."
+                                 f"{names[-1][-1]})")
+            self.re_markers = {t: tuple(vocab[x] for x in four) for t, four in zip(labels.entity_types, names)}
+        self.untyped_re_markers = tuple(self.marker_ids[t] for t in (SUBJ_START, SUBJ_END, OBJ_START, OBJ_END))
         self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
         self.unk_id = tokenizer.unk_token_id
         self.ner_anno = self._annotation_segment(labels.entity_annotations)
@@ -165,7 +186,7 @@ class Featurizer:
         """(slots, overhead tokens) of every window that becomes instances: what slot buckets are chosen for."""
         if phase == "ner":
             return [(len(spans), self.overhead(sp, phase)) for _, _, sp, spans, _ in self._ner_windows(docs, False)]
-        return [(len(objs), self.overhead(sp, phase)) for _, _, sp, _, objs, _ in self._re_groups(docs, None)]
+        return [(len(objs), self.overhead(sp, phase)) for _, _, sp, _, objs, _, _ in self._re_groups(docs, None)]
 
     def num_types(self, phase: str) -> int:
         return len(self.labels.entity_types) if phase == "ner" else len(self.labels.relation_types)
@@ -225,12 +246,14 @@ class Featurizer:
 
     # -------------------------------------------------------------------------------- assembly
     def _assemble(self, text_ids: list[int], phase: str,
-                  slots: list[tuple[int, int]], num_slots: int, marker_ids: tuple[int, int]) -> dict[str, np.ndarray]:
+                  slots: list[tuple[int, int]], num_slots: int, marker_ids) -> dict[str, np.ndarray]:
         """Common layout: [CLS] text [SEP] (annotations [SEP]) start markers end markers, padded.
 
         `slots` holds for each filled slot the token indices (in the final sequence) of the wordpieces whose
-        position ids its start/end markers copy.
+        position ids its start/end markers copy; `marker_ids` is one (start, end) token pair for every slot, or
+        a list of pairs, one per slot (typed markers).
         """
+        per_slot = marker_ids if isinstance(marker_ids, list) else [marker_ids] * len(slots)
         T = self.seq_len(phase)
         anno_ids, anno_bounds = self.ner_anno if phase == "ner" else self.re_anno
         ids = [self.cls_id] + list(text_ids) + [self.sep_id]
@@ -247,8 +270,8 @@ class Featurizer:
         k = len(slots)
         m_base = len(ids)
         for which in (0, 1):
-            for s in slots:
-                ids.append(marker_ids[which])
+            for s, pair in zip(slots, per_slot):
+                ids.append(pair[which])
                 positions.append(positions[s[which]])
                 groups.append(masks.MARKER)
         n = len(ids)
@@ -376,19 +399,22 @@ class Featurizer:
         (`pair_labels`). Each ordered entity pair is an object slot exactly once, unless it is unreachable
         (module docstring).
         """
-        return [self._re_instance(sp, subj, chunk, gold, d, s)
-                for d, s, sp, subj, objs, gold in self._re_groups(docs, entities)
+        return [self._re_instance(sp, subj, chunk, gold, d, s, types)
+                for d, s, sp, subj, objs, gold, types in self._re_groups(docs, entities)
                 for chunk in self.chunks(objs, sp, "re")]
 
     def _re_groups(self, docs: Sequence[Document], entities):
-        """(doc, sentence, window pieces, subject, its objects in that window, gold pair labels) of every
-        subject and window that gets instances."""
+        """(doc, sentence, window pieces, subject, its objects in that window, gold pair labels, entity type by
+        span) of every subject and window that gets instances."""
         c = self.cfg
         for d, doc in enumerate(docs):
             pieces = self.word_pieces(doc)
             for s, sent in enumerate(doc.sentences):
                 ents = list(entities[d][s]) if entities is not None else list(sent.entities)
                 spans = sorted({(e.start, e.end) for e in ents})
+                types: dict[Span, str] = {}
+                for e in ents:  # a span predicted with two types (overlap=none) is marked with the first
+                    types.setdefault((e.start, e.end), e.type)
                 if not spans:
                     continue
                 wins, assign, home = self._re_plan(pieces, s, spans)
@@ -406,7 +432,7 @@ class Featurizer:
                     for k in sorted(groups):
                         if k not in texts:
                             texts[k] = self.sentence_pieces(pieces, s, c.max_text_len, wins[k])
-                        yield d, s, texts[k], subj, groups[k], gold
+                        yield d, s, texts[k], subj, groups[k], gold, types
 
     def _re_plan(self, pieces, s: int, spans: Sequence[Span]) -> tuple[list[tuple[int, int]], dict, dict]:
         """RE windows of sentence s (`windows.pair_windows`)."""
@@ -415,18 +441,28 @@ class Featurizer:
             return wins, {(x, y): 0 for x in spans for y in spans if x != y}, {x: 0 for x in spans}
         return pair_windows([len(w) for w in pieces[s]], spans, self.cfg.max_text_len)
 
-    def _re_instance(self, sp: SentencePieces, subj: Span, objs: Sequence[Span], gold: dict, d: int, s: int
-                     ) -> Instance:
+    def _re_markers(self, span_type: Optional[str]) -> tuple[int, int, int, int]:
+        """(subject start, subject end, object start, object end) marker ids of an entity of this type."""
+        if not self.re_markers:
+            return self.untyped_re_markers
+        if span_type not in self.re_markers:
+            raise ValueError(f"re.typed_markers: entity type {span_type!r} is not in the label file "
+                             f"(known: {', '.join(self.re_markers)})")
+        return self.re_markers[span_type]
+
+    def _re_instance(self, sp: SentencePieces, subj: Span, objs: Sequence[Span], gold: dict, d: int, s: int,
+                     types: Optional[dict] = None) -> Instance:
         c = self.cfg
+        types = types or {}
         a, b = sp.word_first[subj[0]], sp.word_last[subj[1]]
-        ids = sp.ids[:a] + [self.marker_ids[SUBJ_START]] + sp.ids[a:b + 1] + [self.marker_ids[SUBJ_END]] + sp.ids[b + 1:]
+        s_start, s_end = self._re_markers(types.get(subj))[:2]
+        ids = sp.ids[:a] + [s_start] + sp.ids[a:b + 1] + [s_end] + sp.ids[b + 1:]
 
         def shifted(p: int) -> int:  # token index in the final sequence of text piece p
             return 1 + p + (p >= a) + (p > b)
 
         bounds = [(shifted(sp.word_first[i]), shifted(sp.word_last[j])) for i, j in objs]
-        arr = self._assemble(ids, "re", bounds, c.max_objects,
-                             (self.marker_ids[OBJ_START], self.marker_ids[OBJ_END]))
+        arr = self._assemble(ids, "re", bounds, c.max_objects, [self._re_markers(types.get(o))[2:] for o in objs])
         labels = np.zeros(c.max_objects, np.int32)
         for slot, o in enumerate(objs):
             labels[slot] = gold.get((subj, o), 0)
