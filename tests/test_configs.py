@@ -47,6 +47,15 @@ def test_quick_and_conll04_keep_their_one_device_batches():
         assert mod.get_config("ner").encoder == "default" and mod.get_config("ner").grad_accum_steps == 1
 
 
+def test_cpu_configs_choose_their_re_markers_on_dev():
+    """Typed RE markers: on for all of CoNLL04 (dev RE+ +2.2), off for the quick job (dev -4.4); NER unaffected."""
+    quick = importlib.import_module("configs.quick")
+    cpu = importlib.import_module("configs.conll04_cpu")
+    assert cpu.get_config("re").re.typed_markers and not quick.get_config("re").re.typed_markers
+    assert not build_lib.feature_config(cpu.get_config("ner")).typed_markers
+    assert build_lib.feature_config(cpu.get_config("re")).typed_markers
+
+
 def test_paper_encoder_fails_offline_with_one_clear_message(monkeypatch, tmp_path):
     """Without the named model locally, building the paper config says how to pass a folder or the packaged one."""
     import huggingface_hub.constants as hub_constants
