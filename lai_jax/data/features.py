@@ -246,14 +246,13 @@ class Featurizer:
 
     # -------------------------------------------------------------------------------- assembly
     def _assemble(self, text_ids: list[int], phase: str,
-                  slots: list[tuple[int, int]], num_slots: int, marker_ids) -> dict[str, np.ndarray]:
+                  slots: list[tuple[int, int]], num_slots: int, marker_ids: Sequence[tuple[int, int]]
+                  ) -> dict[str, np.ndarray]:
         """Common layout: [CLS] text [SEP] (annotations [SEP]) start markers end markers, padded.
 
         `slots` holds for each filled slot the token indices (in the final sequence) of the wordpieces whose
-        position ids its start/end markers copy; `marker_ids` is one (start, end) token pair for every slot, or
-        a list of pairs, one per slot (typed markers).
+        position ids its start/end markers copy, and `marker_ids` each slot's (start, end) marker token ids.
         """
-        per_slot = marker_ids if isinstance(marker_ids, list) else [marker_ids] * len(slots)
         T = self.seq_len(phase)
         anno_ids, anno_bounds = self.ner_anno if phase == "ner" else self.re_anno
         ids = [self.cls_id] + list(text_ids) + [self.sep_id]
@@ -270,7 +269,7 @@ class Featurizer:
         k = len(slots)
         m_base = len(ids)
         for which in (0, 1):
-            for s, pair in zip(slots, per_slot):
+            for s, pair in zip(slots, marker_ids):
                 ids.append(pair[which])
                 positions.append(positions[s[which]])
                 groups.append(masks.MARKER)
@@ -380,7 +379,8 @@ class Featurizer:
         K = self.cfg.max_candidates
         offset = 1  # [CLS]
         bounds = [(sp.word_first[i] + offset, sp.word_last[j] + offset) for i, j in chunk]
-        arr = self._assemble(sp.ids, "ner", bounds, K, (self.marker_ids[NER_START], self.marker_ids[NER_END]))
+        markers = (self.marker_ids[NER_START], self.marker_ids[NER_END])
+        arr = self._assemble(sp.ids, "ner", bounds, K, [markers] * len(bounds))
         ts, te, labels = np.zeros(K, np.int32), np.zeros(K, np.int32), np.zeros(K, np.int32)
         for slot, ((a, b), span) in enumerate(zip(bounds, chunk)):
             ts[slot], te[slot] = a, b
@@ -411,10 +411,10 @@ class Featurizer:
             pieces = self.word_pieces(doc)
             for s, sent in enumerate(doc.sentences):
                 ents = list(entities[d][s]) if entities is not None else list(sent.entities)
-                spans = sorted({(e.start, e.end) for e in ents})
                 types: dict[Span, str] = {}
                 for e in ents:  # a span predicted with two types (overlap=none) is marked with the first
                     types.setdefault((e.start, e.end), e.type)
+                spans = sorted(types)
                 if not spans:
                     continue
                 wins, assign, home = self._re_plan(pieces, s, spans)
@@ -443,7 +443,7 @@ class Featurizer:
 
     def _re_markers(self, span_type: Optional[str]) -> tuple[int, int, int, int]:
         """(subject start, subject end, object start, object end) marker ids of an entity of this type."""
-        if not self.re_markers:
+        if not self.cfg.typed_markers:
             return self.untyped_re_markers
         if span_type not in self.re_markers:
             raise ValueError(f"re.typed_markers: entity type {span_type!r} is not in the label file "
@@ -451,18 +451,17 @@ class Featurizer:
         return self.re_markers[span_type]
 
     def _re_instance(self, sp: SentencePieces, subj: Span, objs: Sequence[Span], gold: dict, d: int, s: int,
-                     types: Optional[dict] = None) -> Instance:
+                     types: dict[Span, str]) -> Instance:
         c = self.cfg
-        types = types or {}
         a, b = sp.word_first[subj[0]], sp.word_last[subj[1]]
-        s_start, s_end = self._re_markers(types.get(subj))[:2]
+        s_start, s_end = self._re_markers(types[subj])[:2]
         ids = sp.ids[:a] + [s_start] + sp.ids[a:b + 1] + [s_end] + sp.ids[b + 1:]
 
         def shifted(p: int) -> int:  # token index in the final sequence of text piece p
             return 1 + p + (p >= a) + (p > b)
 
         bounds = [(shifted(sp.word_first[i]), shifted(sp.word_last[j])) for i, j in objs]
-        arr = self._assemble(ids, "re", bounds, c.max_objects, [self._re_markers(types.get(o))[2:] for o in objs])
+        arr = self._assemble(ids, "re", bounds, c.max_objects, [self._re_markers(types[o])[2:] for o in objs])
         labels = np.zeros(c.max_objects, np.int32)
         for slot, o in enumerate(objs):
             labels[slot] = gold.get((subj, o), 0)
