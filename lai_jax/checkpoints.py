@@ -27,7 +27,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +65,70 @@ def _absl_errors_only():
         yield
     finally:
         absl.setLevel(level)
+
+
+def _in_orbax(filename: str) -> bool:
+    return f"{os.sep}orbax{os.sep}" in filename
+
+
+def _orbax_traceback(error: Optional[BaseException]) -> bool:
+    """Whether `error`, or an exception it was raised from, passed through orbax's code."""
+    while error is not None:
+        tb = error.__traceback__
+        while tb is not None:
+            if _in_orbax(tb.tb_frame.f_code.co_filename):
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _abandoned_read(unraisable: Any) -> bool:
+    """An unraisable exception left by orbax's reads of a checkpoint that failed: a tensorstore callback into
+    orbax's closed event loop, or one of orbax's read coroutines collected with its error."""
+    error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    return ((isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and unraisable.object is None)
+            or (code is not None and _in_orbax(code.co_filename)) or _orbax_traceback(error))
+
+
+class _NeverRetrievedOrbaxRead(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" reports of orbax's failed reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if "exception was never retrieved" in message.partition("\n")[0] and (
+                "orbax" in message or _orbax_traceback(error)):
+            log.debug("dropped: %s", message.partition("\n")[0])
+            return False
+        return True
+
+
+_QUIET: list = []
+
+
+def _quiet_abandoned_reads() -> None:
+    """Drop, for the rest of the process, what orbax's concurrent reads print after one of them fails.
+
+    Orbax reads a checkpoint's arrays concurrently; when one read fails, restore raises and its event loop closes,
+    and the other reads report, from tensorstore's threads and until the process ends, each as an unraisable
+    `RuntimeError`, a never-retrieved task or a collected coroutine: thousands of stderr lines that repeat the one
+    failure lai-jax names in a warning, and that can land in the middle of an `error:` line. Only those are dropped
+    (logged at debug level); LAI_JAX_DEBUG=1 keeps them.
+    """
+    if _QUIET or os.environ.get("LAI_JAX_DEBUG", "") not in ("", "0"):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if _abandoned_read(unraisable):
+            log.debug("dropped: %s: %s", type(unraisable.exc_value).__name__, unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_NeverRetrievedOrbaxRead())
+    _QUIET.append(hook)
 
 
 def _best_fn(metrics: dict) -> float:
@@ -309,6 +375,7 @@ class Checkpoints:
         """Restore one checkpoint (for `params_only`, just its parameters); `_Unreadable` when its files cannot be
         read or hold other arrays than `like`."""
         path = self.path(kind, step)
+        _quiet_abandoned_reads()  # before the restore: asyncio reports a failed read as its loop closes
         try:
             with _absl_errors_only():  # orbax warns that the item folder has no checkpoint-level metadata file
                 saved = ocp.StandardCheckpointer().metadata(path / "default").item_metadata

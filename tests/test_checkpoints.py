@@ -149,6 +149,42 @@ def test_evaluation_falls_back_to_the_best_readable_checkpoint_or_names_the_fold
     assert step_dirs(root / "state") == [4, 8]  # evaluation moves and deletes nothing
 
 
+def test_only_orbax_leftovers_of_a_failed_read_are_dropped(monkeypatch):
+    """The unraisable hook and asyncio filter installed before a restore drop orbax's leftovers of a failed read
+    and pass everything else on."""
+    import sys
+    import types
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u))
+    monkeypatch.setattr(checkpoints, "_QUIET", [])
+    monkeypatch.delenv("LAI_JAX_DEBUG", raising=False)
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", list(logging.getLogger("asyncio").filters))
+    checkpoints._quiet_abandoned_reads()
+
+    def unraisable(error, obj=None):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                                                 err_msg=None, object=obj))
+
+    unraisable(RuntimeError("Event loop is closed"))  # a tensorstore callback into orbax's closed loop
+    orbax_coro = compile("async def _read(): pass", "/x/orbax/checkpoint/serialization.py", "exec")
+    namespace = {}
+    exec(orbax_coro, namespace)
+    coroutine = namespace["_read"]()
+    unraisable(ValueError("OUT_OF_RANGE"), coroutine)
+    coroutine.close()
+    assert seen == []
+    unraisable(RuntimeError("Event loop is closed"), object())  # someone else's
+    unraisable(ValueError("boom"))
+    assert [str(u.exc_value) for u in seen] == ["Event loop is closed", "boom"]
+    asyncio_filter = logging.getLogger("asyncio").filters[-1]
+    record = logging.LogRecord("asyncio", logging.ERROR, "", 0, "Task exception was never retrieved\nfuture: <Task "
+                               "coro=<_read_array_index_and_device_put() at /x/orbax/checkpoint/s.py:1>>", (), None)
+    assert not asyncio_filter.filter(record)
+    other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "Task exception was never retrieved\nfuture: <Task "
+                              "coro=<mine() at /x/app.py:1>>", (), None)
+    assert asyncio_filter.filter(other)
+
+
 def test_a_checkpoint_of_another_model_is_named_too(tmp_path):
     ckpt = checkpoints.Checkpoints(tmp_path / "checkpoints")
     ckpt.save_params(2, state_at(2)["params"], 0.5)
