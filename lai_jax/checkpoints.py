@@ -39,6 +39,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lai_jax.cli import debugging
+
 log = logging.getLogger("lai_jax")
 
 METRIC = "dev_f1"  # dev F1 of the evaluation at a checkpoint's step
@@ -73,7 +75,9 @@ def _in_orbax(filename: str) -> bool:
 
 def _orbax_traceback(error: Optional[BaseException]) -> bool:
     """Whether `error`, or an exception it was raised from, passed through orbax's code."""
-    while error is not None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
         tb = error.__traceback__
         while tb is not None:
             if _in_orbax(tb.tb_frame.f_code.co_filename):
@@ -108,7 +112,7 @@ _QUIET: list = []
 
 
 def _quiet_abandoned_reads() -> None:
-    """Drop, for the rest of the process, what orbax's concurrent reads print after one of them fails.
+    """From the first checkpoint read of the process on, drop what orbax's concurrent reads print when one fails.
 
     Orbax reads a checkpoint's arrays concurrently; when one read fails, restore raises and its event loop closes,
     and the other reads report, from tensorstore's threads and until the process ends, each as an unraisable
@@ -116,7 +120,7 @@ def _quiet_abandoned_reads() -> None:
     failure lai-jax names in a warning, and that can land in the middle of an `error:` line. Only those are dropped
     (logged at debug level); LAI_JAX_DEBUG=1 keeps them.
     """
-    if _QUIET or os.environ.get("LAI_JAX_DEBUG", "") not in ("", "0"):
+    if _QUIET or debugging():
         return
     previous = sys.unraisablehook
 
