@@ -176,6 +176,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # candidates, drawn anew, each weighted by its inverse sampling rate so the loss keeps its expectation
     # (SpERT samples 100 per sentence). Evaluation always scores every candidate. 0 = every candidate (paper).
     c.ner.train_negatives = 0
+    # Of those negatives, this many drawn from the candidates that share a word with a gold span (boundary
+    # errors) and the rest from the others, each stratum weighted by its own inverse rate. 0 = uniform draws.
+    c.ner.hard_negatives = 0
     # Overlapping predicted entities: plmarker (PL-Marker's evaluation: of overlapping spans with the same type
     # the higher-scoring one is kept; nested/overlapping spans of different types are all kept) | flat (greedy,
     # no overlaps at all, whatever the types) | none (keep everything). Replaces the old boolean ner.flat_ner.

@@ -287,6 +287,7 @@ class TrainingSet:
     def __init__(self, featurizer: Featurizer, phase: str, docs: Sequence[Document], instances: Sequence[Instance],
                  shapes: Sequence[Shape], config):
         self.negatives = config.ner.train_negatives if phase == "ner" else 0
+        self.hard = config.ner.hard_negatives
         self.subject_rate = config.re.negative_subject_rate if phase == "re" else 1.0
         self.seed, self.shapes, self._featurizer = config.seed, tuple(shapes), featurizer
         self._all = list(instances)
@@ -311,7 +312,7 @@ class TrainingSet:
     def _draw(self, epoch: int) -> list[Instance]:
         rng = np.random.default_rng([self.seed, epoch, 0x5A3])  # apart from the batch order's stream
         if self.negatives > 0:
-            return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng)
+            return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng, self.hard)
         out = []
         for pos, neg in self._strata:
             out += [self._all[i] for i in pos]
@@ -338,7 +339,8 @@ class TrainingSet:
     def sampling(self) -> str:
         """How training samples, for the log ("" = every candidate and subject)."""
         if self.negatives > 0:
-            return f"{self.negatives} sampled negatives per window and epoch"
+            hard = f" ({self.hard} of them overlapping a gold span)" if self.hard else ""
+            return f"{self.negatives} sampled negatives per window and epoch{hard}"
         if self.subject_rate < 1:
             return f"{self.subject_rate:g} of the subjects without a relation per epoch"
         return ""

@@ -29,7 +29,7 @@ def test_paper_configs_match_the_paper(dataset, phase):
     assert (c.model.gcn_layers, c.model.gcn_heads) == paper["gcn"][phase]
     assert c.max_text_len == (100 if dataset == "ade" else 150) and c.max_span_len == 8 and c.max_candidates == 220
     # Training sees every candidate span and every subject, as the paper's training does (sampling is off).
-    assert c.ner.train_negatives == 0 and c.re.negative_subject_rate == 1.0
+    assert c.ner.train_negatives == 0 and c.ner.hard_negatives == 0 and c.re.negative_subject_rate == 1.0
     # The paper's loss and decoding: L_filter + L_span, and both directions must agree on a relation.
     assert c.model.span_loss_weight == 1.0 and c.re.re_decode == "both" and c.ner.overlap == "plmarker"
     assert not c.re.type_constraints  # every class between any two entities, as the paper decodes

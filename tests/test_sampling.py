@@ -33,6 +33,26 @@ def test_sample_negatives_keeps_gold_and_weights_add_up_to_the_candidates():
     assert sample_negatives(spans, gold, 10 ** 6, rng) == (spans, [1.0] * len(spans))  # fewer than asked
 
 
+def test_stratified_negatives_draw_their_share_near_gold_and_weight_each_stratum():
+    spans = enumerate_spans(len(WORDS), 3)
+    gold = {e.span for e in GOLD}
+    near = {sp for sp in spans if sp not in gold and any(sp[0] <= b and a <= sp[1] for a, b in gold)}
+    far = set(spans) - gold - near
+    rng = np.random.default_rng(0)
+    for n, hard in ((6, 4), (20, 2), (len(far) + 3, 1), (10, len(near) + 5), (3, 5)):
+        chosen, weights = sample_negatives(spans, gold, n, rng, hard)
+        got = dict(zip(chosen, weights))
+        h = min(len(near), max(hard, n - len(far)), n - 1)  # a stratum short of its share hands it on
+        assert gold <= set(chosen) and len(chosen) == len(gold) + n and chosen == sorted(chosen)
+        assert len(near & set(chosen)) == h and len(far & set(chosen)) == n - h
+        assert all(got[sp] == pytest.approx(len(near) / h) for sp in near & set(chosen))
+        assert all(got[sp] == pytest.approx(len(far) / (n - h)) for sp in far & set(chosen))
+        assert sum(weights) == pytest.approx(len(spans))
+    # Uniform draws hold near-gold negatives in proportion (6 x 23 / 38 = 3.6 here); hard=5 holds 5.
+    uniform = [len(near & set(sample_negatives(spans, gold, 6, rng)[0])) for _ in range(400)]
+    assert abs(np.mean(uniform) - 6 * len(near) / (len(near) + len(far))) < 0.2
+
+
 def _loss_terms(instances, table: dict, head: HeadConfig, use_gold: bool) -> tuple[dict, dict]:
     """ner_loss summed over instances, with each candidate's logits looked up by (sentence, span): the model's
     outputs are held fixed so that only the sampling and its weights differ between the two sides."""
@@ -51,14 +71,15 @@ def _loss_terms(instances, table: dict, head: HeadConfig, use_gold: bool) -> tup
     return sums, counts
 
 
-@pytest.mark.parametrize("use_gold", [True, False])
-def test_weighted_loss_over_samples_equals_the_full_loss_in_expectation(tiny_bert, use_gold):
+@pytest.mark.parametrize("use_gold,hard", [(True, 0), (False, 0), (False, 2)])
+def test_weighted_loss_over_samples_equals_the_full_loss_in_expectation(tiny_bert, use_gold, hard):
     """Mean over many draws of the weighted sums equals the sums over every candidate.
 
     Tolerance: the draws are independent, so the mean of n draws has standard error sd / sqrt(n) (measured);
     4 standard errors (plus float32 rounding) fail a correct estimator with probability ~6e-5, while weights
     of 1 for the negatives (no inverse-rate correction) miss by ~80 % of the negatives' share, hundreds of
-    standard errors. The counts (normalisers) must match exactly on every draw.
+    standard errors. The counts (normalisers) must match exactly on every draw. `hard` > 0 draws the negatives
+    near gold at a higher rate than the others: each stratum needs its own weight.
     """
     config = tiny_config("ner", tiny_bert, max_candidates=64, max_text_len=40, max_span_len=3, num_buckets=1)
     setup = build_lib.build(config)
@@ -71,7 +92,7 @@ def test_weighted_loss_over_samples_equals_the_full_loss_in_expectation(tiny_ber
     windows = f.ner_windows(docs())
     draws = []
     for seed in range(400):
-        inst = f.sampled_ner_instances(windows, 4, np.random.default_rng(seed))
+        inst = f.sampled_ner_instances(windows, 4, np.random.default_rng(seed), hard)
         assert all(len(i.spans) <= 4 + 4 for i in inst)  # gold + 4 negatives per window
         sums, counts = _loss_terms(inst, table, head, use_gold)
         assert counts == pytest.approx(full_counts, rel=1e-6)
@@ -84,8 +105,9 @@ def test_weighted_loss_over_samples_equals_the_full_loss_in_expectation(tiny_ber
         assert abs(values.mean() - full) <= 4 * se + 1e-4 * abs(full), (k, values.mean(), full, se)
 
 
-def test_sampled_epochs_keep_their_shapes_and_differ(tiny_bert):
-    config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 3})
+@pytest.mark.parametrize("hard", [0, 2])
+def test_sampled_epochs_keep_their_shapes_and_differ(tiny_bert, hard):
+    config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 3, "ner.hard_negatives": hard})
     setup = build_lib.build(config)
     train = input_pipeline.load_splits(config, setup.labels)["train"]
     featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "ner", train, config.num_buckets)

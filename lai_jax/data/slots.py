@@ -95,20 +95,40 @@ def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_b
     return best
 
 
-def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int, int]], negatives: int,
-                     rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[float]]:
-    """Every gold span of `spans` and `negatives` of its other spans drawn uniformly without replacement, in
-    `spans`' order, each with a weight: 1 for gold, (number of negatives) / `negatives` for a drawn negative.
+def _overlaps(span: tuple[int, int], others: Iterable[tuple[int, int]]) -> bool:
+    return any(span[0] <= b and a <= span[1] for a, b in others)
 
-    The weights are the inverse sampling rates, so a weighted sum over the sample equals the sum over all
-    `spans` in expectation, and the weights of a window add up to its number of candidates exactly (the
-    loss normaliser is unchanged). `negatives` <= 0 keeps every span with weight 1 (no sampling).
+
+def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int, int]], negatives: int,
+                     rng: np.random.Generator, hard: int = 0) -> tuple[list[tuple[int, int]], list[float]]:
+    """Every gold span of `spans` and `negatives` of its other spans drawn without replacement, in `spans`'
+    order, each with a weight: 1 for gold, the inverse of its stratum's sampling rate for a drawn negative.
+
+    With `hard` = 0 the negatives are drawn uniformly (one stratum). With `hard` > 0 they are stratified:
+    `hard` of them from the negatives that share a word with a gold span (boundary errors, the ones a
+    sample of uniform draws rarely holds) and the rest, at least one, from the others; a stratum too small
+    to fill its share is taken whole and the other fills the gap, so the count stays `negatives` whatever
+    the draw.
+    The weights make a weighted sum over the sample equal the sum over all `spans` in expectation, and
+    the weights of a window add up to its number of candidates exactly (the loss normaliser is
+    unchanged). `negatives` <= 0 keeps every span with weight 1 (no sampling).
     """
     gold = set(gold)
     neg = [i for i, sp in enumerate(spans) if sp not in gold]
     if negatives <= 0 or len(neg) <= negatives:
         return list(spans), [1.0] * len(spans)
-    drawn = set(np.asarray(neg)[rng.choice(len(neg), negatives, replace=False)].tolist())
-    w_neg = len(neg) / negatives
-    keep = [i for i, sp in enumerate(spans) if sp in gold or i in drawn]
-    return [spans[i] for i in keep], [1.0 if spans[i] in gold else w_neg for i in keep]
+    near = [i for i in neg if _overlaps(spans[i], gold)] if hard > 0 else []
+    far = [i for i in neg if i not in set(near)]
+    if near and far and negatives >= 2:
+        # Every stratum keeps at least one draw: one never drawn would be missing from the expectation.
+        h = min(len(near), max(hard, negatives - len(far)), negatives - 1)
+        strata = [(near, h), (far, negatives - h)]
+    else:
+        strata = [(neg, negatives)]
+    weight: dict[int, float] = {}
+    for members, k in strata:
+        if k > 0:
+            for j in rng.choice(len(members), k, replace=False).tolist():
+                weight[members[j]] = len(members) / k
+    keep = [i for i, sp in enumerate(spans) if sp in gold or i in weight]
+    return [spans[i] for i in keep], [weight.get(i, 1.0) for i in keep]
