@@ -60,14 +60,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lai_jax.data.labels import RelationLabelSpace
+from lai_jax.data.slots import spans_overlap
 
 Span = tuple[int, int]
 RE_DECODE_RULES = ("both", "either", "sum")
 NER_OVERLAP_RULES = ("plmarker", "flat", "none")
-
-
-def _overlaps(a: Span, b: Span) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def decode_ner(spans: list[Span], filter_prob: Optional[np.ndarray], type_probs: np.ndarray,
@@ -108,7 +105,7 @@ def decode_ner(spans: list[Span], filter_prob: Optional[np.ndarray], type_probs:
         same_type_only = overlap == "plmarker"
         accepted: list[tuple[int, int, str, float]] = []
         for ent in sorted(ents, key=lambda x: (-x[3], x[0], x[1], x[2])):
-            if not any(_overlaps(ent[:2], a[:2]) and (not same_type_only or a[2] == ent[2]) for a in accepted):
+            if not any(spans_overlap(ent[:2], a[:2]) and (not same_type_only or a[2] == ent[2]) for a in accepted):
                 accepted.append(ent)
         ents = accepted
     return sorted(ents, key=lambda x: (x[0], x[1], x[2]))

@@ -95,8 +95,9 @@ def choose_slot_buckets(demand: Sequence[tuple[int, int]], max_slots: int, num_b
     return best
 
 
-def _overlaps(span: tuple[int, int], others: Iterable[tuple[int, int]]) -> bool:
-    return any(span[0] <= b and a <= span[1] for a, b in others)
+def spans_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two inclusive word spans share a word."""
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int, int]], negatives: int,
@@ -117,8 +118,9 @@ def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int,
     neg = [i for i, sp in enumerate(spans) if sp not in gold]
     if negatives <= 0 or len(neg) <= negatives:
         return list(spans), [1.0] * len(spans)
-    near = [i for i in neg if _overlaps(spans[i], gold)] if hard > 0 else []
-    far = [i for i in neg if i not in set(near)]
+    near, far = [], []
+    for i in neg:
+        (near if hard > 0 and any(spans_overlap(spans[i], g) for g in gold) else far).append(i)
     if near and far and negatives >= 2:
         # Every stratum keeps at least one draw: one never drawn would be missing from the expectation.
         h = min(len(near), max(hard, negatives - len(far)), negatives - 1)
