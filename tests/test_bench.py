@@ -144,6 +144,21 @@ def test_bench_smoke():
     assert r["threads"] >= 1 and r["device"].startswith("cpu")
 
 
+def test_compile_bench_smoke():
+    """Each repeat really compiles (a cache hit takes ~0.01 s; the smallest train step takes far longer)."""
+    from benchmarks import compile as compile_bench
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile", "--smoke"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO, env={**os.environ, "XLA_FLAGS": subprocess_xla_flags()})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["batch"] == 1 and r["K"] == compile_bench.SMOKE["max_candidates"] and r["backend"] == "cpu"
+    for kind in ("train", "eval"):
+        assert len(r[f"{kind}_compile_s"]) == compile_bench.SMOKE["repeats"]
+        assert all(t > 0.1 for t in r[f"{kind}_compile_s"]), r
+    assert min(r["train_compile_s"]) > max(r["eval_compile_s"])  # forward + backward + AdamW vs a forward
+
+
 def test_epoch_bench_smoke(capsys):
     """One tiny epoch on both frameworks: every batch hits a precompiled bucket, both sides train on all instances."""
     from benchmarks import epoch
