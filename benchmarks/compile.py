@@ -38,7 +38,6 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = _parse(argv)
     import jax
-    import jax.numpy as jnp
 
     from lai_jax.build import init_state
     from lai_jax.parallel import Runner
