@@ -43,13 +43,14 @@ def feature_config(config) -> features.FeatureConfig:
                                   typed_markers=config.phase == "re" and config.re.typed_markers)
 
 
+MARKER_INITS = ("unused", "brackets")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields with a fixed set of values.
 CHOICES = {"ner.overlap": decoding.NER_OVERLAP_RULES, "re.re_decode": decoding.RE_DECODE_RULES,
            "model.span_loss_norm": SPAN_LOSS_NORMS, "eval.symmetric_count": metrics_lib.SYMMETRIC_COUNTS,
            "eval.select_average": metrics_lib.AVERAGES, "attention_mask": tuple(masks.PRESETS),
            "model.edge": EDGES, "model.dtype": ("auto", *DTYPES), "parallel": ("pmap", "shard_map"),
-           "model.dropout_bits": (8, 16, 32)}
+           "model.dropout_bits": (8, 16, 32), "model.marker_init": MARKER_INITS}
 
 
 def _at_least(low: float):
@@ -154,6 +155,16 @@ def build(config) -> Setup:
     return Setup(config, labels, tokenizer, featurizer, LAINet(bert, head), enc_params, head)
 
 
+def init_marker_embeddings(encoder_params: dict, sources: dict[int, list[int]]) -> dict:
+    """Encoder parameters whose word-embedding rows `sources` names start as the mean of their source rows
+    (`model.marker_init`); every other leaf is shared with the input, which is left unchanged."""
+    table = np.array(encoder_params["embeddings"]["word_embeddings"]["embedding"])
+    for marker, src in sources.items():
+        table[marker] = table[src].mean(axis=0, dtype=np.float32)
+    emb = {**encoder_params["embeddings"], "word_embeddings": {"embedding": table}}
+    return {**encoder_params, "embeddings": emb}
+
+
 def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int,
                encoder_params: Optional[dict] = None) -> TrainState:
     """Fresh parameters (heads random, encoder from the pretrained weights unless given) and optimiser state."""
@@ -161,6 +172,8 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int,
     init_rng, dropout_rng = jax.random.split(rng)
     if encoder_params is None:
         encoder_params = setup.encoder_params
+    if setup.config.model.marker_init == "brackets":
+        encoder_params = init_marker_embeddings(encoder_params, setup.featurizer.marker_sources(setup.config.phase))
     params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
     return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)

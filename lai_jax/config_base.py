@@ -103,6 +103,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # Start the G4CN's last output projection at zero, so the graph begins as a no-op and is learned from
     # there (False: random init, which adds a random projection of every node to the candidates).
     c.model.gcn_zero_init = False
+    # Where the marker tokens' embeddings start: "unused" (the reserved vocabulary rows as the encoder has them,
+    # as in the paper and PL-Marker) or "brackets" (the mean embedding of "[" / "]" for levitated markers, "<" /
+    # ">" for RE subjects, plus the type's annotation wordpieces for typed RE markers; Featurizer.marker_sources).
+    c.model.marker_init = "unused"
     # In training after cold start, spans whose filter probability reaches this value reach the classifier.
     c.model.filter_gate_threshold = 0.5
     # The classifier also trains on gold spans the filter misses (teacher forcing; False = the paper's gate).

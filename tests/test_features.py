@@ -366,3 +366,20 @@ def test_pair_labels_keep_two_relations_per_pair(labels):
     assert three == {(x, y): space.forward_id("S"), (y, x): space.forward_id("A")}
     assert lost == [Relation(x, y, "B")]
     assert pair_labels(space, [])[0] == {}
+
+
+def test_marker_sources_name_brackets_and_the_type_annotation(tok, labels):
+    """model.marker_init="brackets": NER markers start as "[" / "]"; RE subjects as "<" / ">", objects as "[" / "]",
+    and a typed RE marker adds its type's annotation wordpieces (CoNLL04: Peop -> "people")."""
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ner = make_featurizer(tok, labels).marker_sources("ner")
+    vocab = tok.get_vocab()
+    assert ner == {vocab[features.NER_START]: ids("["), vocab[features.NER_END]: ids("]")}
+    untyped = make_featurizer(tok, labels).marker_sources("re")
+    assert untyped == {vocab[features.SUBJ_START]: ids("<"), vocab[features.SUBJ_END]: ids(">"),
+                       vocab[features.OBJ_START]: ids("["), vocab[features.OBJ_END]: ids("]")}
+    typed = make_featurizer(tok, labels, typed_markers=True)
+    sources = typed.marker_sources("re")
+    subj_start, subj_end, obj_start, obj_end = typed.re_markers["Peop"]
+    assert sources[subj_start] == ids("<") + ids("people") and sources[obj_end] == ids("]") + ids("people")
+    assert len(sources) == 4 + 4 * len(labels.entity_types)  # every marker an RE instance can carry, once

@@ -141,3 +141,32 @@ def test_ner_loss_options_against_numpy(norm, span_weight, keeps_gold):
         np.testing.assert_allclose(float(sums["span"]), span_weight * (_np_xent(logits, labels) * keep).sum(),
                                    rtol=1e-5)
         assert float(counts["span"]) == (cand_mask.sum() if norm == "candidates" else keep.sum())
+
+
+def test_marker_init_brackets_starts_marker_rows_as_their_sources(tiny_bert):
+    """model.marker_init="brackets" changes the phase's marker rows of the word embeddings (to the mean of their
+    source rows) and nothing else; "unused" (the default) keeps the pretrained table as it is."""
+    import jax
+    from lai_jax import build as build_lib, input_pipeline
+    from lai_jax.data import features
+    from tests.conftest import tiny_config
+    sample = None
+    tables = {}
+    for init in ("unused", "brackets"):
+        setup = build_lib.build(tiny_config("ner", tiny_bert, **{"model.marker_init": init}))
+        if sample is None:
+            doc = input_pipeline.dummy_document(setup.labels.entity_types[0])
+            sample = input_pipeline.stack(input_pipeline.make_instances(setup.featurizer, "ner", [doc])[:1])
+        state = build_lib.init_state(setup, sample, total_steps=1)
+        tables[init] = np.asarray(state.params["encoder"]["embeddings"]["word_embeddings"]["embedding"])
+        pretrained = np.asarray(setup.encoder_params["embeddings"]["word_embeddings"]["embedding"])
+        others = [(a, b) for a, b in zip(jax.tree.leaves(state.params["encoder"]), jax.tree.leaves(setup.encoder_params))
+                  if a.shape != pretrained.shape]
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in others)
+    vocab = setup.tokenizer.get_vocab()
+    start, end = vocab[features.NER_START], vocab[features.NER_END]
+    np.testing.assert_array_equal(tables["unused"], pretrained)  # the default leaves every row as loaded
+    np.testing.assert_array_equal(tables["brackets"][start], pretrained[vocab["["]])
+    np.testing.assert_array_equal(tables["brackets"][end], pretrained[vocab["]"]])
+    changed = np.flatnonzero((tables["brackets"] != pretrained).any(axis=1))
+    assert sorted(changed) == sorted({start, end})

@@ -132,6 +132,22 @@ class Featurizer:
                              f"(known: {', '.join(self.entity_index)})")
         return self.entity_index[etype]
 
+    def marker_sources(self, phase: str) -> dict[int, list[int]]:
+        """For `model.marker_init="brackets"`: each marker token id the phase uses -> the vocabulary ids whose
+        mean embedding it starts from. Levitated markers (NER candidates, RE objects) start as "[" / "]", solid
+        subject markers as "<" / ">"; a typed RE marker adds the wordpieces of its type's annotation, so the
+        type can be read from the first step. The reserved [unused] rows are otherwise nearly alike (cosine
+        ~0.8 in BERT uncased vocabularies) and carry nothing the encoder was trained on."""
+        ids = lambda text: self.tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        brackets = [ids(b) for b in ("<", ">", "[", "]")]  # subject start / end, object (levitated) start / end
+        if phase == "ner":
+            return {self.marker_ids[NER_START]: brackets[2], self.marker_ids[NER_END]: brackets[3]}
+        out = dict(zip(self.untyped_re_markers, brackets))
+        for etype, four in self.re_markers.items():
+            word = ids(self.labels.entity_annotations[self.labels.entity_types.index(etype)])
+            out.update({m: b + word for m, b in zip(four, brackets)})
+        return out
+
     # ----------------------------------------------------------------------------------- shapes
     def _annotation_segment(self, annotations: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
         """Wordpieces of all annotations in order, and each annotation's (first, last) piece offset."""
