@@ -56,6 +56,9 @@ def test_cpu_configs_choose_their_re_markers_on_dev():
     assert cpu.get_config("re").re.typed_markers and not quick.get_config("re").re.typed_markers
     assert cpu.get_config("re").re.re_decode == "both" and quick.get_config("re").re.re_decode == "either"
     assert not build_lib.feature_config(cpu.get_config("ner")).typed_markers
+    # RE markers start as brackets + type annotation on all of CoNLL04 only (dev evidence there).
+    assert cpu.get_config("re").model.marker_init == "brackets" and cpu.get_config("ner").model.marker_init == "unused"
+    assert quick.get_config("re").model.marker_init == "unused"
     assert build_lib.feature_config(cpu.get_config("re")).typed_markers
 
 
