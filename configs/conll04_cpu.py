@@ -7,9 +7,9 @@ makes it fit a CPU is the shapes (spans of at most 4 words: 98.3 % of CoNLL04's 
 candidates per instance, one instance for most sentences; three batch shapes) and sampled training instances:
 every gold span and 16 other candidates per sentence for NER, every subject with a relation and 30 % of the
 others for RE, drawn anew each epoch and weighted by the inverse rate (evaluation scores every candidate).
-The NER loss and decoding are the ones `configs/quick.py` chose on dev; RE uses typed markers that start as brackets
-plus the type's annotation (`model.marker_init`) and the `both` rule, chosen on this config's full dev. README "All of CoNLL04 on a CPU" has what it scores and how long each
-phase takes (run F: test NER 81.96 / RE+ 53.78 in 16.4 min on a 2-core VM; run BR with today's RE: test
+The NER loss and decoding are the ones `configs/quick.py` chose on dev; RE uses typed markers that start as
+brackets plus the type's annotation (`model.marker_init`) and the `both` rule, chosen on this config's full dev.
+README "All of CoNLL04 on a CPU" has what it scores and how long each phase takes (run F: test NER 81.96 / RE+ 53.78 in 16.4 min on a 2-core VM; run BR with today's RE: test
 NER 82.28 / RE+ 58.70).
 """
 from lai_jax.config_base import base_config

@@ -138,22 +138,25 @@ class Featurizer:
         subject markers as "<" / ">"; a typed RE marker adds the wordpieces of its type's annotation, so the
         type can be read from the first step. The reserved [unused] rows are otherwise nearly alike (cosine
         ~0.8 in BERT uncased vocabularies) and carry nothing the encoder was trained on."""
-        ids = lambda text: self.tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        brackets = [ids(b) for b in ("<", ">", "[", "]")]  # subject start / end, object (levitated) start / end
+        brackets = [self._wordpieces(b) for b in ("<", ">", "[", "]")]  # subject start / end, object (levitated) start / end
         if phase == "ner":
             return {self.marker_ids[NER_START]: brackets[2], self.marker_ids[NER_END]: brackets[3]}
         out = dict(zip(self.untyped_re_markers, brackets))
+        annotation = dict(zip(self.labels.entity_types, self.labels.entity_annotations))
         for etype, four in self.re_markers.items():
-            word = ids(self.labels.entity_annotations[self.labels.entity_types.index(etype)])
+            word = self._wordpieces(annotation[etype])
             out.update({m: b + word for m, b in zip(four, brackets)})
         return out
+
+    def _wordpieces(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # ----------------------------------------------------------------------------------- shapes
     def _annotation_segment(self, annotations: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
         """Wordpieces of all annotations in order, and each annotation's (first, last) piece offset."""
         ids, bounds = [], []
         for text in annotations:
-            pieces = self.tok(text, add_special_tokens=False)["input_ids"] or [self.unk_id]
+            pieces = self._wordpieces(text) or [self.unk_id]
             bounds.append((len(ids), len(ids) + len(pieces) - 1))
             ids.extend(pieces)
         return ids, bounds
