@@ -15,7 +15,7 @@ from lai_jax.data import features, masks
 from lai_jax.g4cn import EDGES, G4CN
 from lai_jax.data.labels import LabelSet, load_labels
 from lai_jax.input_pipeline import labels_path
-from lai_jax.models import SPAN_LOSS_NORMS, HeadConfig, LAINet
+from lai_jax.models import SPAN_LOSS_NORMS, SPAN_POOLS, HeadConfig, LAINet
 from lai_jax.steps import TrainState, make_optimizer
 
 
@@ -50,7 +50,8 @@ CHOICES = {"ner.overlap": decoding.NER_OVERLAP_RULES, "re.re_decode": decoding.R
            "model.span_loss_norm": SPAN_LOSS_NORMS, "eval.symmetric_count": metrics_lib.SYMMETRIC_COUNTS,
            "eval.select_average": metrics_lib.AVERAGES, "attention_mask": tuple(masks.PRESETS),
            "model.edge": EDGES, "model.dtype": ("auto", *DTYPES), "parallel": ("pmap", "shard_map"),
-           "model.dropout_bits": (8, 16, 32), "model.marker_init": MARKER_INITS}
+           "model.dropout_bits": (8, 16, 32), "model.marker_init": MARKER_INITS,
+           "model.span_pool": SPAN_POOLS}
 
 
 def _at_least(low: float):
@@ -76,7 +77,7 @@ RANGES = {
     "model.dropout": _RATE, "model.encoder_dropout": _RATE_OR_KEEP, "model.attention_dropout": _RATE_OR_KEEP,
     "model.gcn_layers": _at_least(0), "model.gcn_sublayers": _at_least(1), "model.gcn_heads": _at_least(1),
     "model.gauss_dim": _at_least(1), "model.filter_pos_weight": (lambda v: v > 0, "> 0"),
-    "model.span_loss_weight": (lambda v: v > 0, "> 0"),
+    "model.span_loss_weight": (lambda v: v > 0, "> 0"), "model.width_dim": _at_least(0),
     "optim.learning_rate": (lambda v: v > 0, "> 0"), "optim.encoder_learning_rate": _at_least(0),
     "optim.warmup_ratio": _PROBABILITY, "optim.weight_decay": _at_least(0),
     "optim.adam_eps": (lambda v: v > 0, "> 0"), "optim.grad_clip": _at_least(0),

@@ -21,6 +21,7 @@ from lai_jax.g4cn import G4CN
 
 
 SPAN_LOSS_NORMS = ("candidates", "kept")
+SPAN_POOLS = ("none", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,8 @@ class HeadConfig:
     filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
     span_loss_norm: str = "candidates"  # L_span divided by the kept spans ("kept", paper) or all real candidates
     span_loss_weight: float = 1.0  # L_ner = L_filter + w * L_span (1 = the paper's sum)
+    span_pool: str = "none"  # NER span feature: "mean" adds the mean of the span's text wordpieces (SpERT pools)
+    width_dim: int = 0  # NER span feature: an embedding of the span's wordpiece count (0 = none, the paper)
 
     @classmethod
     def from_config(cls, config: Any, labels: LabelSet) -> "HeadConfig":
@@ -60,6 +63,21 @@ class HeadConfig:
                    visibility=tuple(map(tuple, table.tolist())),
                    partner_only=config.attention_mask in masks.PARTNER_ONLY and not config.visibility,
                    **{k: config.model[k] for k in sorted(shared)})
+
+
+MAX_WIDTH = 32  # width embedding rows: spans of more wordpieces share the last
+
+
+def span_mean(h: jnp.ndarray, start: jnp.ndarray, end: jnp.ndarray) -> jnp.ndarray:
+    """Mean of h [B, T, d] over the tokens start..end (inclusive, [B, K] each) -> [B, K, d], float32.
+
+    Two gathers from a prefix sum rather than a [B, K, T] mask: the cost does not grow with K x T. The sum runs
+    in float32 whatever h's dtype, so long prefixes lose nothing in bfloat16.
+    """
+    csum = jnp.cumsum(h.astype(jnp.float32), axis=1)
+    csum = jnp.concatenate([jnp.zeros_like(csum[:, :1]), csum], axis=1)  # csum[:, i] = sum of h[:, :i]
+    total = gather_tokens(csum, end + 1) - gather_tokens(csum, start)
+    return total / jnp.maximum(end - start + 1, 1)[..., None].astype(jnp.float32)
 
 
 def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
@@ -81,7 +99,13 @@ class LAIHeads(nn.Module):
         dense = lambda n, name: nn.Dense(n, name=name, dtype=self.dtype)  # noqa: E731
         markers = [gather_tokens(h, batch["cand_marker_start"]), gather_tokens(h, batch["cand_marker_end"])]
         if cfg.phase == "ner":
-            text = [gather_tokens(h, batch["cand_text_start"]), gather_tokens(h, batch["cand_text_end"])]
+            start, end = batch["cand_text_start"], batch["cand_text_end"]
+            text = [gather_tokens(h, start), gather_tokens(h, end)]
+            if cfg.span_pool == "mean":
+                text.append(span_mean(h, start, end).astype(h.dtype))
+            if cfg.width_dim:
+                width = jnp.clip(end - start, 0, MAX_WIDTH - 1)
+                text.append(nn.Embed(MAX_WIDTH, cfg.width_dim, dtype=self.dtype, name="width_embed")(width))
             cand = dense(d, "span_proj")(jnp.concatenate(text + markers, axis=-1))
         else:
             subj = jnp.concatenate([gather_tokens(h, batch["subj_marker_start"]),

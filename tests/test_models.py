@@ -9,7 +9,7 @@ from lai_jax import pretrained
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels
-from lai_jax.models import HeadConfig, LAINet, ner_loss, re_loss
+from lai_jax.models import HeadConfig, LAINet, ner_loss, re_loss, span_mean
 from lai_jax.input_pipeline import DATA_ROOT
 from lai_jax import input_pipeline
 
@@ -51,10 +51,10 @@ def init(model, batch, enc_params):
     return params
 
 
-@pytest.mark.parametrize("phase", ["ner", "re"])
-def test_padding_slots_and_tokens_change_no_real_logit(env, phase):
-    small_model, small, inst = model_and_batch(env, phase, slots=40)
-    big_model, big, inst_big = model_and_batch(env, phase, slots=64)
+@pytest.mark.parametrize("phase,span_kw", [("ner", {}), ("re", {}), ("ner", {"span_pool": "mean", "width_dim": 5})])
+def test_padding_slots_and_tokens_change_no_real_logit(env, phase, span_kw):
+    small_model, small, inst = model_and_batch(env, phase, slots=40, **span_kw)
+    big_model, big, inst_big = model_and_batch(env, phase, slots=64, **span_kw)
     assert big["input_ids"].shape[1] > small["input_ids"].shape[1]  # more padding tokens too
     assert inst.spans == inst_big.spans
     params = init(small_model, small, env[1])
@@ -94,6 +94,39 @@ def test_filter_off_and_cold_start_switch(env):
     out2 = jax.jit(no_filter.apply)({"params": p2}, batch)
     assert "filter_logits" not in out2
     assert int(ner_loss(out2, batch, jnp.asarray(True), KEPT)[1]["span"]) == len(inst.spans)
+
+
+def test_span_mean_matches_a_loop_over_each_span():
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(2, 12, 6)).astype(np.float32)
+    start = rng.integers(0, 12, size=(2, 7))
+    end = np.minimum(start + rng.integers(0, 5, size=(2, 7)), 11)
+    want = np.array([[h[b, s:e + 1].mean(0) for s, e in zip(start[b], end[b])] for b in range(2)])
+    np.testing.assert_allclose(span_mean(jnp.asarray(h), jnp.asarray(start), jnp.asarray(end)), want, atol=1e-5)
+    bf16 = span_mean(jnp.asarray(h, jnp.bfloat16), jnp.asarray(start), jnp.asarray(end))
+    assert bf16.dtype == jnp.float32  # the prefix sum runs in float32 whatever the encoder's dtype
+    np.testing.assert_allclose(bf16, want, atol=2e-2)
+
+
+def test_span_features_add_their_inputs_to_the_span_projection(env):
+    """span_pool="mean" adds one hidden-size block and width_dim one embedding to span_proj's input; the logits
+    then depend on the tokens inside a span, which the paper's start / end / marker features ignore."""
+    d = env[0].hidden_size
+    plain, batch, inst = model_and_batch(env, "ner", slots=40)
+    pooled, _, _ = model_and_batch(env, "ner", slots=40, span_pool="mean", width_dim=5)
+    p_plain, p_pooled = init(plain, batch, env[1]), init(pooled, batch, env[1])
+    assert p_plain["heads"]["span_proj"]["kernel"].shape[0] == 4 * d
+    assert p_pooled["heads"]["span_proj"]["kernel"].shape[0] == 5 * d + 5
+    assert p_pooled["heads"]["width_embed"]["embedding"].shape == (32, 5)
+    # Zero every span_proj input row but the pooled block: a candidate's logits then follow its mean alone.
+    kernel = np.zeros_like(p_pooled["heads"]["span_proj"]["kernel"])
+    kernel[2 * d:3 * d] = np.asarray(p_pooled["heads"]["span_proj"]["kernel"])[2 * d:3 * d]
+    p_mean = jax.tree.map(lambda x: x, p_pooled)
+    p_mean["heads"]["span_proj"]["kernel"] = jnp.asarray(kernel)
+    out = jax.jit(pooled.apply)({"params": p_mean}, batch)["logits"][0]
+    widths = batch["cand_text_end"][0] - batch["cand_text_start"][0]
+    one = [int(i) for i in np.flatnonzero(widths[:len(inst.spans)] == 0)[:2]]
+    assert len(one) == 2 and not np.allclose(out[one[0]], out[one[1]])
 
 
 def test_ablations_run_and_gcn_zero_has_no_graph(env):
