@@ -514,7 +514,9 @@ def test_re_run_predictions_keep_the_ner_scores(workdirs):
     re_pred = [json.loads(x) for x in (Path(re_dir) / "predictions" / "test.jsonl").read_text().splitlines()]
     assert any(any(s) for d in ner_pred for s in d["ner"])
     assert [d["ner"] for d in re_pred] == [d["ner"] for d in ner_pred]
-    assert [d["ner_scores"] for d in re_pred] == [d["ner_scores"] for d in ner_pred]
+    # A document without predicted entities carries no "ner_scores" (Document.to_pure); one with some must.
+    assert any("ner_scores" in d for d in ner_pred)
+    assert [d.get("ner_scores") for d in re_pred] == [d.get("ner_scores") for d in ner_pred]
 
 
 def test_no_length_warning_for_long_sentences():
