@@ -119,9 +119,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # L_ner = L_filter + span_loss_weight * L_span. With "candidates" the typing term is a few gold spans' loss
     # spread over ~100 candidates; a weight > 1 gives it more of the encoder's gradient (1 = the paper's sum).
     c.model.span_loss_weight = 1.0
-    # Extra NER span features beside the paper's start / end tokens and markers (SpERT-style): span_pool "mean"
-    # adds the mean of the span's text wordpieces, width_dim > 0 an embedding of its wordpiece count. Off in the
-    # paper ("none", 0).
+    # Span features beside the paper's start / end tokens and markers (SpERT-style): span_pool "mean" adds the
+    # mean of a NER span's text wordpieces, and to an RE pair the means of subject, object and the text between
+    # them (models.pair_means); width_dim > 0 (NER) an embedding of the span's wordpiece count. Off in the paper
+    # ("none", 0).
     c.model.span_pool = "none"
     c.model.width_dim = 0
     # Compute dtype: auto (bfloat16 on GPUs and TPUs, float32 on CPUs) | float32 | bfloat16. Parameters and

@@ -46,7 +46,7 @@ class HeadConfig:
     filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
     span_loss_norm: str = "candidates"  # L_span divided by the kept spans ("kept", paper) or all real candidates
     span_loss_weight: float = 1.0  # L_ner = L_filter + w * L_span (1 = the paper's sum)
-    span_pool: str = "none"  # NER span feature: "mean" adds the mean of the span's text wordpieces (SpERT pools)
+    span_pool: str = "none"  # "mean": NER spans add their wordpieces' mean; RE pairs add pair_means (SpERT pools)
     width_dim: int = 0  # NER span feature: an embedding of the span's wordpiece count (0 = none, the paper)
 
     @classmethod
@@ -80,6 +80,24 @@ def span_mean(h: jnp.ndarray, start: jnp.ndarray, end: jnp.ndarray) -> jnp.ndarr
     return total / jnp.maximum(end - start + 1, 1)[..., None].astype(jnp.float32)
 
 
+def pair_means(h: jnp.ndarray, batch: dict) -> list[jnp.ndarray]:
+    """RE pair features for `span_pool="mean"` (SpERT's entity and context pools): the means of the subject's
+    and each object's wordpieces and of the text between them (zero where they touch or overlap), [B, K, d] each.
+
+    A levitated object marker copies its span's first / last text position id, and a text token's position id
+    is its index, so the object spans come from `position_ids` with no extra feature arrays.
+    """
+    def at(idx):
+        return jnp.take_along_axis(batch["position_ids"], idx, axis=1)
+
+    o_start, o_end = at(batch["cand_marker_start"]), at(batch["cand_marker_end"])
+    m_start = jnp.broadcast_to(batch["subj_marker_start"][:, None], o_start.shape)  # the solid subject markers
+    m_end = jnp.broadcast_to(batch["subj_marker_end"][:, None], o_start.shape)
+    lo, hi = jnp.minimum(m_end, o_end) + 1, jnp.maximum(m_start, o_start) - 1
+    between = jnp.where((hi >= lo)[..., None], span_mean(h, lo, jnp.maximum(hi, lo)), 0.0)
+    return [x.astype(h.dtype) for x in (span_mean(h, m_start + 1, m_end - 1), span_mean(h, o_start, o_end), between)]
+
+
 def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
     """h [B, T, d], idx [B, ...] token indices -> [B, ..., d]."""
     flat = idx.reshape(idx.shape[0], -1)
@@ -111,7 +129,8 @@ class LAIHeads(nn.Module):
             subj = jnp.concatenate([gather_tokens(h, batch["subj_marker_start"]),
                                     gather_tokens(h, batch["subj_marker_end"])], axis=-1)
             subj = jnp.broadcast_to(subj[:, None], (*markers[0].shape[:2], subj.shape[-1]))
-            cand = dense(d, "pair_proj")(jnp.concatenate([subj] + markers, axis=-1))
+            pooled = pair_means(h, batch) if cfg.span_pool == "mean" else []
+            cand = dense(d, "pair_proj")(jnp.concatenate([subj] + markers + pooled, axis=-1))
         cand = Dropout(cfg.dropout, cfg.dropout_bits)(cand, deterministic=deterministic)
         if cfg.use_annotations and cfg.gcn_layers > 0:
             anno = dense(d, "anno_proj")(jnp.concatenate(

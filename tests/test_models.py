@@ -9,7 +9,7 @@ from lai_jax import pretrained
 from lai_jax.data import features, masks
 from lai_jax.data.documents import Document, Entity, Relation, Sentence
 from lai_jax.data.labels import load_labels
-from lai_jax.models import HeadConfig, LAINet, ner_loss, re_loss, span_mean
+from lai_jax.models import HeadConfig, LAINet, ner_loss, pair_means, re_loss, span_mean
 from lai_jax.input_pipeline import DATA_ROOT
 from lai_jax import input_pipeline
 
@@ -51,7 +51,8 @@ def init(model, batch, enc_params):
     return params
 
 
-@pytest.mark.parametrize("phase,span_kw", [("ner", {}), ("re", {}), ("ner", {"span_pool": "mean", "width_dim": 5})])
+@pytest.mark.parametrize("phase,span_kw", [("ner", {}), ("re", {}), ("ner", {"span_pool": "mean", "width_dim": 5}),
+                                           ("re", {"span_pool": "mean"})])
 def test_padding_slots_and_tokens_change_no_real_logit(env, phase, span_kw):
     small_model, small, inst = model_and_batch(env, phase, slots=40, **span_kw)
     big_model, big, inst_big = model_and_batch(env, phase, slots=64, **span_kw)
@@ -106,6 +107,28 @@ def test_span_mean_matches_a_loop_over_each_span():
     bf16 = span_mean(jnp.asarray(h, jnp.bfloat16), jnp.asarray(start), jnp.asarray(end))
     assert bf16.dtype == jnp.float32  # the prefix sum runs in float32 whatever the encoder's dtype
     np.testing.assert_allclose(bf16, want, atol=2e-2)
+
+
+def test_pair_means_pool_subject_object_and_the_text_between(env):
+    """RE's span_pool="mean" features against a loop over the instance's tokens: the subject inside its solid
+    markers, each object from its levitated markers' position ids, and the text strictly between the two
+    (subject markers excluded; zero when nothing lies between)."""
+    _, batch, inst = model_and_batch(env, "re", slots=8)
+    T, d = batch["input_ids"].shape[1], 6
+    h = np.random.default_rng(0).normal(size=(1, T, d)).astype(np.float32)
+    subj, obj, between = (np.asarray(x)[0] for x in pair_means(jnp.asarray(h), batch))
+    ms, me = int(batch["subj_marker_start"][0]), int(batch["subj_marker_end"][0])
+    ids, tok = batch["input_ids"][0], env[2]
+    assert tok.convert_ids_to_tokens([int(t) for t in ids[ms + 1:me]]) == ["john", "smith"]  # doc(): subject 0
+    pos = batch["position_ids"][0]
+    for k in range(len(inst.spans)):
+        a, b = int(pos[batch["cand_marker_start"][0, k]]), int(pos[batch["cand_marker_end"][0, k]])
+        np.testing.assert_allclose(subj[k], h[0, ms + 1:me].mean(0), atol=1e-5)
+        np.testing.assert_allclose(obj[k], h[0, a:b + 1].mean(0), atol=1e-5)
+        lo, hi = (me + 1, a - 1) if a > me else (b + 1, ms - 1)
+        want = h[0, lo:hi + 1].mean(0) if hi >= lo else np.zeros(d)
+        np.testing.assert_allclose(between[k], want, atol=1e-5)
+    assert len(inst.spans) == 2  # Boston and Acme Corporation, both after the subject
 
 
 def test_span_features_add_their_inputs_to_the_span_projection(env):
