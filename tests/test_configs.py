@@ -64,6 +64,7 @@ def test_cpu_configs_choose_their_re_markers_on_dev():
     assert (quick.get_config("ner").model.span_pool, quick.get_config("ner").model.width_dim) == ("mean", 25)
     assert quick.get_config("re").model.span_pool == "mean"
     assert (cpu.get_config("ner").model.span_pool, cpu.get_config("ner").model.width_dim) == ("none", 0)
+    assert cpu.get_config("re").model.span_pool == "mean"  # RE pair means: dev RE+ +4.0 / +2.5 on all of CoNLL04
     assert build_lib.feature_config(cpu.get_config("re")).typed_markers
 
 
