@@ -68,14 +68,21 @@ class HeadConfig:
 MAX_WIDTH = 32  # width embedding rows: spans of more wordpieces share the last
 
 
-def span_mean(h: jnp.ndarray, start: jnp.ndarray, end: jnp.ndarray) -> jnp.ndarray:
+def prefix_sums(h: jnp.ndarray) -> jnp.ndarray:
+    """h [B, T, d] -> [B, T + 1, d] float32 with row i = sum of h[:, :i] (float32 whatever h's dtype, so long
+    prefixes lose nothing in bfloat16)."""
+    csum = jnp.cumsum(h.astype(jnp.float32), axis=1)
+    return jnp.concatenate([jnp.zeros_like(csum[:, :1]), csum], axis=1)
+
+
+def span_mean(h: jnp.ndarray, start: jnp.ndarray, end: jnp.ndarray, csum: Optional[jnp.ndarray] = None
+              ) -> jnp.ndarray:
     """Mean of h [B, T, d] over the tokens start..end (inclusive, [B, K] each) -> [B, K, d], float32.
 
-    Two gathers from a prefix sum rather than a [B, K, T] mask: the cost does not grow with K x T. The sum runs
-    in float32 whatever h's dtype, so long prefixes lose nothing in bfloat16.
+    Two gathers from a prefix sum (`csum`, from `prefix_sums(h)`; computed here if not given) rather than a
+    [B, K, T] mask: the cost does not grow with K x T.
     """
-    csum = jnp.cumsum(h.astype(jnp.float32), axis=1)
-    csum = jnp.concatenate([jnp.zeros_like(csum[:, :1]), csum], axis=1)  # csum[:, i] = sum of h[:, :i]
+    csum = prefix_sums(h) if csum is None else csum
     total = gather_tokens(csum, end + 1) - gather_tokens(csum, start)
     return total / jnp.maximum(end - start + 1, 1)[..., None].astype(jnp.float32)
 
@@ -87,15 +94,14 @@ def pair_means(h: jnp.ndarray, batch: dict) -> list[jnp.ndarray]:
     A levitated object marker copies its span's first / last text position id, and a text token's position id
     is its index, so the object spans come from `position_ids` with no extra feature arrays.
     """
-    def at(idx):
-        return jnp.take_along_axis(batch["position_ids"], idx, axis=1)
-
-    o_start, o_end = at(batch["cand_marker_start"]), at(batch["cand_marker_end"])
-    m_start = jnp.broadcast_to(batch["subj_marker_start"][:, None], o_start.shape)  # the solid subject markers
-    m_end = jnp.broadcast_to(batch["subj_marker_end"][:, None], o_start.shape)
+    csum = prefix_sums(h)
+    o_start = jnp.take_along_axis(batch["position_ids"], batch["cand_marker_start"], axis=1)
+    o_end = jnp.take_along_axis(batch["position_ids"], batch["cand_marker_end"], axis=1)
+    m_start, m_end = batch["subj_marker_start"][:, None], batch["subj_marker_end"][:, None]  # solid subject markers
+    subj = jnp.broadcast_to(span_mean(h, m_start + 1, m_end - 1, csum), (*o_start.shape, h.shape[-1]))
     lo, hi = jnp.minimum(m_end, o_end) + 1, jnp.maximum(m_start, o_start) - 1
-    between = jnp.where((hi >= lo)[..., None], span_mean(h, lo, jnp.maximum(hi, lo)), 0.0)
-    return [x.astype(h.dtype) for x in (span_mean(h, m_start + 1, m_end - 1), span_mean(h, o_start, o_end), between)]
+    between = jnp.where((hi >= lo)[..., None], span_mean(h, lo, jnp.maximum(hi, lo), csum), 0.0)
+    return [x.astype(h.dtype) for x in (subj, span_mean(h, o_start, o_end, csum), between)]
 
 
 def gather_tokens(h: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
