@@ -2,10 +2,10 @@
 
     python -m benchmarks.compile [--dataset quick] [--batch 8] [--repeats 3] [--smoke]
 
-On a CPU the quick job's time is partly compilation (three train and three evaluation shapes per phase, about
-10 s and 2 s each on a 2-core VM), and that part does not shrink with a faster CPU. This measures it for one
-batch shape (``--batch`` real dev instances of ``configs/<dataset>.py:ner``, so evaluation length): each repeat
-builds a fresh ``Runner`` around fresh step functions, so neither JAX's in-memory caches nor the persistent
+On a CPU the quick job's time is partly compilation (per phase: three gradient programs, one optimiser update and
+one evaluation shape, about 7, 3 and 3 s each on a 2-core VM), and that part does not shrink with a faster CPU.
+This measures it for one batch shape, ``--batch`` real dev instances of ``configs/<dataset>.py:ner`` (so evaluation
+length); the train time is a first shape's, its gradient program plus the update. Each repeat builds a fresh ``Runner`` around fresh step functions, so neither JAX's in-memory caches nor the persistent
 compilation cache (switched off here) can answer, and ``Runner.compile_train`` / the first ``Runner.eval`` pay
 the whole trace + lower + XLA compile. Prints ONE JSON line; compare variants by running them alternately in one
 command, since a shared VM drifts. ``--smoke``: the encoder's first layer, 16 wordpieces, 8 candidates, two repeats.
@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     from lai_jax.build import init_state
     from lai_jax.parallel import Runner
-    from lai_jax.steps import bind_steps
+    from lai_jax.steps import TrainStep, bind_steps
 
     jax.config.update("jax_enable_compilation_cache", False)
     shapes = {k: SMOKE[k] for k in ("max_text_len", "max_candidates", "layers")} if args.smoke else {}
@@ -54,7 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     times: dict[str, list[float]] = {"train": [], "eval": []}
     for _ in range(args.repeats):
         # New function objects: pmap's cache is keyed on the function, so each repeat compiles from scratch.
-        runner = Runner("pmap", lambda s, b, u: train_step(s, b, u), lambda p, b: eval_step(p, b))
+        step = TrainStep(lambda s, b, u: train_step.grad(s, b, u), lambda s, g: train_step.apply(s, g))
+        runner = Runner("pmap", step, lambda p, b: eval_step(p, b))
         placed = runner.put_state(state)
         t0 = time.perf_counter()
         runner.compile_train(placed, host_batch, False)

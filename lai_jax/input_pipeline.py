@@ -232,6 +232,21 @@ def plan_buckets(featurizer: Featurizer, phase: str, train_docs: Sequence[Docume
     return featurizer, instances, shapes
 
 
+def samples(config) -> bool:
+    """Whether the config's phase trains on sampled instances (`TrainingSet`), whose batches get their own shapes."""
+    if config.phase == "ner":
+        return config.ner.train_negatives > 0
+    return config.re.negative_subject_rate < 1
+
+
+def bucket_count(config) -> int:
+    """How many shapes `plan_buckets` picks for a run: the evaluation's (`eval_buckets`, 0 = `num_buckets`) when
+    training samples, else `num_buckets` (training and evaluation then share the shapes)."""
+    if samples(config) and config.eval_buckets > 0:
+        return config.eval_buckets
+    return config.num_buckets
+
+
 def length_shapes(instances: Sequence[Instance], num_shapes: int) -> tuple[Shape, ...]:
     """`num_shapes` shapes for instances of similar slot counts (sampled training instances): all with the
     largest slot count (rounded up to 8), token lengths (multiples of 8) chosen to pad the fewest tokens."""

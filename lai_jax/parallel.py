@@ -53,18 +53,27 @@ class Runner:
         self.global_n = self.n * jax.process_count() if devices is None else self.n  # devices over all processes
         # Executables compiled per step kind: one per batch signature (field names, shapes, dtypes). The
         # tests prove static shapes with it; a trace without a compile (or a jit cache hit) does not count.
-        self.compiles = {"train": 0, "eval": 0}
+        # "apply": the optimiser update of a split train step (`lai_jax.steps.TrainStep`), one per runner.
+        self.compiles = {"train": 0, "eval": 0, "apply": 0}
         self._executables: dict[tuple, Any] = {}  # (kind, batch signature) -> jax.stages.Compiled
+        # A TrainStep's gradient part is compiled per batch shape and its update once (`lai_jax.steps`);
+        # any other train step function is compiled whole per batch shape.
+        split = hasattr(train_step, "grad") and hasattr(train_step, "apply")
+        grad_or_whole = train_step.grad if split else train_step
         if mode == "pmap":
             devs = None if devices is None else self.devices
-            self._train = jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devs)
+            # The gradient part keeps the state (the update reads it); a whole step consumes it.
+            self._train = jax.pmap(grad_or_whole, axis_name=AXIS, donate_argnums=() if split else (0,), devices=devs)
+            self._apply = jax.pmap(train_step.apply, axis_name=AXIS, donate_argnums=(0,), devices=devs) if split else None
             self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=devs)
         else:
             # Ordered by process: process p's block of a global batch goes to process p's devices.
             every = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
             self.mesh = Mesh(np.asarray(self.devices if devices is not None else every), (AXIS,))
-            self._train = jax.jit(jax.shard_map(train_step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
-                                                out_specs=(P(), P())), donate_argnums=(0,))
+            self._train = jax.jit(jax.shard_map(grad_or_whole, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+                                                out_specs=(P(), P())), donate_argnums=() if split else (0,))
+            self._apply = jax.jit(jax.shard_map(train_step.apply, mesh=self.mesh, in_specs=(P(), P()), out_specs=P()),
+                                  donate_argnums=(0,)) if split else None
             self._eval = jax.jit(jax.shard_map(eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                                out_specs=P(AXIS)))
 
@@ -76,7 +85,7 @@ class Runner:
         key = (kind, _signature(batch))
         executable = self._executables.get(key)
         if executable is None:
-            fn = self._train if kind == "train" else self._eval
+            fn = {"train": self._train, "eval": self._eval, "apply": self._apply}[kind]
             if self.mode == "pmap" and jax.process_count() > 1:
                 # pmap's ahead-of-time lowering takes a process's local arguments for the global ones (it
                 # compiles for 8 rows where each of 2 processes feeds 4), so several processes dispatch the
@@ -138,17 +147,25 @@ class Runner:
     def train(self, state: Any, batch: dict, use_gold_filter: bool):
         """One optimiser step on a global batch (host arrays, or arrays placed by `put_batch`)."""
         sharded, flag = self._train_args(batch, use_gold_filter)
-        return self._executable("train", sharded, state, sharded, flag)(state, sharded, flag)
+        out = self._executable("train", sharded, state, sharded, flag)(state, sharded, flag)
+        if self._apply is None:
+            return out
+        grads, metrics = out
+        return self._executable("apply", {}, state, grads)(state, grads), metrics
 
     def compile_train(self, state: Any, batch: dict[str, np.ndarray], use_gold_filter: bool) -> Any:
         """Compile the train step for `batch`'s shapes ahead of time; `train` dispatches that executable.
 
         `state` is this runner's device state (`put_state`); nothing runs and nothing is donated. Returns the
         `jax.stages.Compiled` executable (for `memory_analysis()`, `cost_analysis()`, `as_text()`), so a caller
-        can time the compile apart from the steps and analyse exactly what `train` will run.
+        can time the compile apart from the steps and analyse exactly what `train` will run. A split step's
+        update is compiled too (its first time), but what is returned is the shape-specific gradient program.
         """
         sharded, flag = self._train_args(batch, use_gold_filter)
-        return self._executable("train", sharded, state, sharded, flag)
+        executable = self._executable("train", sharded, state, sharded, flag)
+        if self._apply is not None:
+            self._executable("apply", {}, state, state.params)  # the gradients have the parameters' layout
+        return executable
 
     def eval_async(self, params: Any, batch: dict) -> Any:
         """Dispatch the eval step on a global batch whose `host_block` is `batch` (host arrays, or placed by

@@ -170,7 +170,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     docs = input_pipeline.load_splits(config, setup.labels)
     ents = {s: evaluate.predicted_entities(config, s, docs[s]) for s in ("dev", "test")} if config.phase == "re" else {}
     featurizer, train_inst, shapes = input_pipeline.plan_buckets(setup.featurizer, config.phase, docs["train"],
-                                                                 config.num_buckets)
+                                                                 input_pipeline.bucket_count(config))
     if not train_inst:
         raise UserError("the training split produced no instances (no sentences, or no entities for RE)")
     signatures = run_record.signatures(docs["train"]) if config.phase == "re" else None

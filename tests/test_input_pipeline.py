@@ -143,3 +143,17 @@ def test_few_slots_split_by_length_instead(tiny_bert):
     assert all(t % 8 == 0 and t < T for _, t in shapes[:-1])
     groups = ip.assign(insts, shapes)
     assert sorted(i for g in groups for i in g) == list(range(len(insts))) and len(groups[0]) > 0
+
+
+def test_evaluation_shapes_follow_eval_buckets_only_when_training_samples():
+    """Sampled training batches get their own shapes, so evaluation may use fewer; otherwise the two share them."""
+    from lai_jax.config_base import base_config
+    for phase, field, value in (("ner", "ner.train_negatives", 16), ("re", "re.negative_subject_rate", 0.3)):
+        config = base_config("conll04", phase)
+        config.num_buckets, config.eval_buckets = 3, 1
+        assert ip.bucket_count(config) == 3  # every candidate and subject: training's shapes are evaluation's
+        section, name = field.split(".")
+        setattr(config[section], name, value)
+        assert ip.samples(config) and ip.bucket_count(config) == 1
+        config.eval_buckets = 0
+        assert ip.bucket_count(config) == 3

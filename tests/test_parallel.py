@@ -32,7 +32,9 @@ def test_compile_train_is_dispatched_and_equals_the_jitted_step(tiny_run, mode):
     setup, full, short, host0 = tiny_run
     devices = jax.devices()[:1]
 
-    plain = Runner(mode, *bind_steps(setup.model, "ner"), devices=devices)
+    # The reference runs the train step as one program; `runner` compiles its gradient and update apart.
+    step, eval_step = bind_steps(setup.model, "ner")
+    plain = Runner(mode, lambda s, b, u: step(s, b, u), eval_step, devices=devices)
     want = plain.put_state(host0)
     for _ in range(2):  # the learning rate warms up from 0: the second step moves the parameters
         want, want_m = plain.train(want, full, True)
@@ -40,18 +42,21 @@ def test_compile_train_is_dispatched_and_equals_the_jitted_step(tiny_run, mode):
     runner = Runner(mode, *bind_steps(setup.model, "ner"), devices=devices)
     state = runner.put_state(host0)
     compiled = runner.compile_train(state, full, True)
-    assert runner.compiles["train"] == 1  # the one executable, compiled ahead of time
-    memory = compiled.memory_analysis()  # what benchmarks report: the executable's real footprint
+    assert runner.compiles["train"] == 1 and runner.compiles["apply"] == 1  # compiled ahead of time
+    assert plain.compiles["apply"] == 0  # a plain function is compiled whole
+    memory = compiled.memory_analysis()  # what benchmarks report: the gradient program's real footprint
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(host0))
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(host0.params))
     batch_bytes = sum(x.nbytes for x in full.values())
-    # The state and the batch come in (jit drops batch arrays the step never reads, such as NER's unused RE fields).
-    assert memory.argument_size_in_bytes >= state_bytes + full["input_ids"].nbytes
-    assert memory.output_size_in_bytes >= state_bytes  # the new state goes out
+    # The parameters and the batch come in (jit drops what the program never reads: the optimiser state, which only
+    # the update takes, and batch arrays such as NER's unused RE fields).
+    assert params_bytes + full["input_ids"].nbytes <= memory.argument_size_in_bytes < state_bytes
+    assert memory.output_size_in_bytes >= params_bytes  # the gradients go out
     assert memory.temp_size_in_bytes > batch_bytes  # activations of forward and backward at least
     got = state
     for _ in range(2):
         got, got_m = runner.train(got, full, True)
-    assert runner.compiles["train"] == 1  # train ran the executable: no new compile
+    assert runner.compiles["train"] == 1 and runner.compiles["apply"] == 1  # train ran them: no new compile
 
     params = lambda s: runner.get_state(s).params
     assert _max_diff(params(want), host0.params) > 1e-4  # the step really moved the parameters
@@ -60,7 +65,7 @@ def test_compile_train_is_dispatched_and_equals_the_jitted_step(tiny_run, mode):
 
     # Another shape (a shorter length bucket) is not covered by that executable: the jitted step compiles it.
     runner.train(got, short, True)
-    assert runner.compiles["train"] == 2
+    assert runner.compiles["train"] == 2 and runner.compiles["apply"] == 1  # the update is shape-free
 
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
@@ -77,7 +82,7 @@ def test_compiles_counts_executables_one_per_batch_shape(tiny_run, mode):
         assert all(np.array_equal(got[k], want[k]) for k in want)
     assert runner.compiles["eval"] == 1
     runner.eval(params, short)
-    assert runner.compiles == {"train": 0, "eval": 2}
+    assert runner.compiles == {"train": 0, "eval": 2, "apply": 0}
 
 
 def test_pmap_metrics_are_read_from_the_first_shard_without_a_device_op(tiny_run):

@@ -1,6 +1,8 @@
 """Sampled negatives (`ner.train_negatives`): gold spans kept, the weighted loss unbiased, evaluation untouched."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -122,10 +124,14 @@ def test_sampled_epochs_keep_their_shapes_and_differ(tiny_bert, hard):
     assert all(input_pipeline.shape_of(i, ts.shapes) is not None for i in e0)
 
 
-def test_evaluation_scores_every_candidate_whatever_the_training_sampling(tiny_bert, tmp_path, monkeypatch):
-    """A run trained on 2 sampled negatives per window still scores every span of every dev/test sentence."""
+@pytest.mark.parametrize("eval_buckets", [0, 1])
+def test_evaluation_scores_every_candidate_whatever_the_training_sampling(tiny_bert, tmp_path, monkeypatch,
+                                                                          eval_buckets):
+    """A run trained on 2 sampled negatives per window still scores every span of every dev/test sentence, with
+    evaluation's shapes from `num_buckets` (0) or one shape (`eval_buckets=1`: one evaluation compile)."""
     from lai_jax import evaluation, train
-    config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 2, "max_steps": 2})
+    config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 2, "max_steps": 2, "num_buckets": 3,
+                                              "eval_buckets": eval_buckets})
     seen: list[tuple[str, list]] = []
     forward = evaluation.forward
 
@@ -134,8 +140,14 @@ def test_evaluation_scores_every_candidate_whatever_the_training_sampling(tiny_b
         return forward(runner, state, setup, instances, desc)
 
     monkeypatch.setattr(evaluation, "forward", recording_forward)
-    train.train_and_evaluate(config, str(tmp_path))
+    result = train.train_and_evaluate(config, str(tmp_path))
     assert {desc for desc, _ in seen} == {"dev", "test"}
+    saved = json.loads((tmp_path / "shapes.json").read_text())
+    if eval_buckets == 1:
+        assert len(saved["shapes"]) == 1 and result["compiles"]["eval"] == 1
+        assert saved["shapes"][0] == [config.max_candidates, saved["shapes"][0][1]]  # every candidate slot
+    else:
+        assert len(saved["shapes"]) > 1
     splits = input_pipeline.load_splits(config, build_lib.build(config).labels)
     for desc, instances in seen:
         per_sent: dict = {}
