@@ -9,9 +9,10 @@ One process, both frameworks, same weights, same batch:
   so the fractions of real tokens and filled candidate slots are the data's own;
 * JAX: the real ``lai_jax.steps.train_step`` (forward in train mode, ``ner_loss``, backward, global-norm
   clipping, AdamW through ``optax.multi_transform``) run by ``lai_jax.parallel.Runner`` on one device.
-  The runner's step is compiled ahead of time (``Runner.compile_train``, timed as ``compile_s``) and that
-  executable is what the runner then dispatches, so the memory/FLOP analysis is of what was timed. The batch is
-  moved to the device once (training's prefetch has it there before each step), so steps exclude that copy;
+  The runner's step is compiled ahead of time (``Runner.compile_train``, timed as ``compile_s``: the gradient
+  program and the optimiser update, ``lai_jax.steps.TrainStep``) and those executables are what the runner
+  then dispatches, so the memory/FLOP analysis (of the gradient program, the shape-specific one) is of what was
+  timed. The batch is moved to the device once (training's prefetch has it there before each step), so steps exclude that copy;
 * torch: ``benchmarks.torch_reference`` (``transformers.BertModel`` with its default ``sdpa`` attention, or
   ``--torch-attn eager``, + the head port) with the lai-jax parameters copied in and the JAX side's dropout
   probabilities, ``torch.optim.AdamW`` with the same groups, clipping and schedule; train mode (dropout)
@@ -28,7 +29,7 @@ alternate between the frameworks ``--rounds`` times (so slow drift of a shared m
 ``*_cpu_s_per_step`` is the process CPU time (user + system, all threads) per step: on a shared
 machine it tracks the work done better than wall time (with several threads it includes spin-waiting).
 
-Memory: ``jax_compiled_*`` from the executable's ``memory_analysis()`` (arguments = state + batch,
+Memory: ``jax_compiled_*`` from the gradient program's ``memory_analysis()`` (arguments = parameters + batch,
 temporaries = activations and scratch, so argument + output - alias + temp bounds the live device
 bytes); ``*_rss_delta_mb``: highest resident set size while that framework holds its model/optimiser
 state and runs its warm-up and timed steps, minus the RSS just before it built that state, sampled
