@@ -176,7 +176,7 @@ def jax_variant(args, dtype: str, attention_dropout: float, host_batch: dict, de
     keep.setdefault("host_params", side.host_params)
     steps_per_s = throughput(side.run, args.steps, args.rounds, args.warmup)
     mem = timing.memory_stats(side.compiled)
-    xla_flops = timing.compiled_flops(side.compiled)
+    xla_flops = timing.compiled_flops(side.compiled, side.update)
     added = attention_matmul_flops(bert, b, t, train=True) if impl == "cudnn" else 0.0
     flops = None if xla_flops is None else xla_flops + added
     out = {

@@ -141,7 +141,8 @@ def configure(args: argparse.Namespace, reexec: bool) -> tuple[int, bool]:
 class JaxSide:
     step: Callable[[], None]  # one blocking train step on the fixed batch
     run: Callable[[int], None]  # n steps dispatched back to back (as the train loop does), then one block
-    compiled: Any  # the executable `step` dispatches
+    compiled: Any  # the gradient executable `step` dispatches
+    update: Any  # and its optimiser update (None when the step is compiled whole)
     compile_s: float
     host_params: Any  # a host copy of the initial params (what torch gets)
     host_copy_bytes: int
@@ -179,7 +180,7 @@ def build_jax(setup, host_batch: dict, rss: timing.RssSampler) -> JaxSide:
             holder["state"], m = runner.train(holder["state"], batch, USE_GOLD)
         jax.block_until_ready((holder["state"], m))
 
-    return JaxSide(lambda: run(1), run, compiled, compile_s, host_params,
+    return JaxSide(lambda: run(1), run, compiled, runner.update_executable(), compile_s, host_params,
                    sum(x.nbytes for x in jax.tree.leaves(host_params)))
 
 
@@ -309,7 +310,7 @@ def memory_report(side: JaxSide, rss: timing.RssSampler, malloc_tuned: bool, jax
                   dtype: str) -> dict[str, Any]:
     """XLA's memory analysis and FLOPs of the timed executable, RSS deltas, achieved FLOP/s and MFU."""
     mem = timing.memory_stats(side.compiled)
-    flops = timing.compiled_flops(side.compiled)
+    flops = timing.compiled_flops(side.compiled, side.update)
     peak = peak_flops(device.device_kind, dtype) if device.platform == "gpu" else None
     return {
         "jax_compiled_argument_mb": timing.mb(mem["argument"]), "jax_compiled_temp_mb": timing.mb(mem["temp"]),

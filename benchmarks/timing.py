@@ -194,13 +194,19 @@ def memory_stats(compiled: Any) -> dict[str, Optional[int]]:
             "alias": int(m.alias_size_in_bytes), "temp": int(m.temp_size_in_bytes)}
 
 
-def compiled_flops(compiled: Any) -> Optional[float]:
-    """FLOPs of one run of a compiled executable from XLA's cost analysis (None if unavailable)."""
-    try:
-        cost = _first(compiled.cost_analysis())
-        return float(cost["flops"]) if cost and "flops" in cost else None
-    except Exception:
-        return None
+def compiled_flops(*compiled: Any) -> Optional[float]:
+    """FLOPs of one run of each compiled executable, summed, from XLA's cost analysis (None if unavailable);
+    None arguments are skipped (a train step's update when it is compiled with its gradient)."""
+    total = 0.0
+    for executable in (c for c in compiled if c is not None):
+        try:
+            cost = _first(executable.cost_analysis())
+        except Exception:
+            return None
+        if not cost or "flops" not in cost:
+            return None
+        total += float(cost["flops"])
+    return total
 
 
 def mb(n: Optional[int]) -> Optional[float]:

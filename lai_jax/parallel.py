@@ -167,6 +167,11 @@ class Runner:
             self._executable("apply", {}, state, state.params)  # the gradients have the parameters' layout
         return executable
 
+    def update_executable(self) -> Any:
+        """The compiled optimiser update of a split train step (what FLOP counts add to the gradient program's);
+        None for a train step compiled whole, or before the first `compile_train` / `train`."""
+        return self._executables.get(("apply", ()))
+
     def eval_async(self, params: Any, batch: dict) -> Any:
         """Dispatch the eval step on a global batch whose `host_block` is `batch` (host arrays, or placed by
         `put_batch`); returns the device outputs at once, for `fetch`."""
