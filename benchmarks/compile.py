@@ -3,11 +3,12 @@
     python -m benchmarks.compile [--dataset quick] [--batch 8] [--repeats 3] [--smoke]
 
 On a CPU the quick job's time is partly compilation (per phase: three gradient programs, one optimiser update and
-one evaluation shape, about 7, 3 and 3 s each on a 2-core VM), and that part does not shrink with a faster CPU.
+one evaluation shape, about 7, 3 and 4 s each on a 2-core VM), and that part does not shrink with a faster CPU.
 This measures it for one batch shape, ``--batch`` real dev instances of ``configs/<dataset>.py:ner`` (so evaluation
-length); the train time is a first shape's, its gradient program plus the update. Each repeat builds a fresh ``Runner`` around fresh step functions, so neither JAX's in-memory caches nor the persistent
-compilation cache (switched off here) can answer, and ``Runner.compile_train`` / the first ``Runner.eval`` pay
-the whole trace + lower + XLA compile. Prints ONE JSON line; compare variants by running them alternately in one
+length); the train time is a first shape's, its gradient program plus the update. Each repeat builds a fresh
+``Runner`` around fresh step functions, so neither JAX's in-memory caches nor the persistent compilation cache
+(switched off here) can answer, and ``Runner.compile_train`` / the first ``Runner.eval`` pay the whole trace +
+lower + XLA compile. Prints ONE JSON line; compare variants by running them alternately in one
 command, since a shared VM drifts. ``--smoke``: the encoder's first layer, 16 wordpieces, 8 candidates, two repeats.
 """
 from __future__ import annotations

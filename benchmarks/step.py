@@ -12,7 +12,8 @@ One process, both frameworks, same weights, same batch:
   The runner's step is compiled ahead of time (``Runner.compile_train``, timed as ``compile_s``: the gradient
   program and the optimiser update, ``lai_jax.steps.TrainStep``) and those executables are what the runner
   then dispatches, so the memory/FLOP analysis (of the gradient program, the shape-specific one) is of what was
-  timed. The batch is moved to the device once (training's prefetch has it there before each step), so steps exclude that copy;
+  timed. The batch is moved to the device once (training's prefetch has it there before each step), so steps
+  exclude that copy;
 * torch: ``benchmarks.torch_reference`` (``transformers.BertModel`` with its default ``sdpa`` attention, or
   ``--torch-attn eager``, + the head port) with the lai-jax parameters copied in and the JAX side's dropout
   probabilities, ``torch.optim.AdamW`` with the same groups, clipping and schedule; train mode (dropout)

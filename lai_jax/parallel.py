@@ -60,20 +60,23 @@ class Runner:
         # any other train step function is compiled whole per batch shape.
         split = hasattr(train_step, "grad") and hasattr(train_step, "apply")
         grad_or_whole = train_step.grad if split else train_step
+        donate = () if split else (0,)  # the gradient part keeps the state (the update reads it); a whole step not
+        self._apply = None
         if mode == "pmap":
             devs = None if devices is None else self.devices
-            # The gradient part keeps the state (the update reads it); a whole step consumes it.
-            self._train = jax.pmap(grad_or_whole, axis_name=AXIS, donate_argnums=() if split else (0,), devices=devs)
-            self._apply = jax.pmap(train_step.apply, axis_name=AXIS, donate_argnums=(0,), devices=devs) if split else None
+            self._train = jax.pmap(grad_or_whole, axis_name=AXIS, donate_argnums=donate, devices=devs)
+            if split:
+                self._apply = jax.pmap(train_step.apply, axis_name=AXIS, donate_argnums=(0,), devices=devs)
             self._eval = jax.pmap(eval_step, axis_name=AXIS, devices=devs)
         else:
             # Ordered by process: process p's block of a global batch goes to process p's devices.
             every = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
             self.mesh = Mesh(np.asarray(self.devices if devices is not None else every), (AXIS,))
             self._train = jax.jit(jax.shard_map(grad_or_whole, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
-                                                out_specs=(P(), P())), donate_argnums=() if split else (0,))
-            self._apply = jax.jit(jax.shard_map(train_step.apply, mesh=self.mesh, in_specs=(P(), P()), out_specs=P()),
-                                  donate_argnums=(0,)) if split else None
+                                                out_specs=(P(), P())), donate_argnums=donate)
+            if split:
+                self._apply = jax.jit(jax.shard_map(train_step.apply, mesh=self.mesh, in_specs=(P(), P()),
+                                                    out_specs=P()), donate_argnums=(0,))
             self._eval = jax.jit(jax.shard_map(eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                                out_specs=P(AXIS)))
 

@@ -43,7 +43,8 @@ def test_default_writer_appends_json_lines_and_tensorboard_events(tmp_path):
     w.close()
     pytest.importorskip("tensorboardX")
     # In write order: file names end in a per-process counter that sorts as text ("...9" after "...10").
-    events = sorted((e for f in (tmp_path / "tensorboard").iterdir() for e in read_events(f)), key=lambda e: e.wall_time)
+    files = (tmp_path / "tensorboard").iterdir()
+    events = sorted((e for f in files for e in read_events(f)), key=lambda e: e.wall_time)
     loss = [(e.step, v.simple_value) for e in events for v in e.summary.value if v.tag == "loss"]
     assert loss == [(1, 2.5), (3, 1.0)]
     assert any(v.tag == "_hparams_/experiment" for e in events for v in e.summary.value)
