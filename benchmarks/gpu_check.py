@@ -5,7 +5,7 @@
 
 Parts, in this order (the most wanted first, so a run cut short by `--budget-s` still has them):
 
-1. ``jax``: the NER train step (`benchmarks.step.build_jax`: the real `lai_jax.steps.train_step` under a
+1. ``jax``: the NER train step (`benchmarks.step.build_jax`: the real `lai_jax.steps.TrainStep` under a
    `Runner`, compiled ahead of time) at SciERC shapes (T = 608, K = 220; ``--per-device`` real SciERC dev
    instances per device) with ``--encoder`` (default ``random:bert-base``), in four variants: bfloat16 and
    float32, each with attention dropout 0 (cuDNN's fused kernel where it applies: bf16 on a GPU) and 0.1 (XLA's

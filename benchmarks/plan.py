@@ -2,7 +2,7 @@
 
     python -m benchmarks.plan --config=configs/scierc.py:ner --encoder=random:bert-base --devices=8 [--tflops=400]
 
-The per-device train step (`lai_jax.steps.train_step`, as the runner's shard_map maps it) is lowered and
+The per-device train step (`lai_jax.steps.TrainStep`, as the runner's shard_map maps it) is lowered and
 compiled on this machine's first device for each batch shape of the run (`input_pipeline.plan_buckets` and
 `TrainingSet` on the training split, as training does: the shapes and how many steps each gets per epoch) at
 the per-device micro-batch, batch_size / (devices x grad_accum_steps) rows. Nothing is placed or run: the state

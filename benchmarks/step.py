@@ -7,7 +7,7 @@ One process, both frameworks, same weights, same batch:
 * shapes: ``configs/scierc.py:ner`` (T = ``Featurizer.seq_len("ner")`` = 608 with the packaged
   encoder's vocabulary, K = 220); the batch is ``--batch`` real SciERC dev instances (a seeded draw),
   so the fractions of real tokens and filled candidate slots are the data's own;
-* JAX: the real ``lai_jax.steps.train_step`` (forward in train mode, ``ner_loss``, backward, global-norm
+* JAX: the real ``lai_jax.steps.TrainStep`` (forward in train mode, ``ner_loss``, backward, global-norm
   clipping, AdamW through ``optax.multi_transform``) run by ``lai_jax.parallel.Runner`` on one device.
   The runner's step is compiled ahead of time (``Runner.compile_train``, timed as ``compile_s``: the gradient
   program and the optimiser update, ``lai_jax.steps.TrainStep``) and those executables are what the runner

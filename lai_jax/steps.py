@@ -4,7 +4,7 @@ A train step is two pure functions, `grad_step` (forward, loss, backward, reduct
 `apply_step` (clipping and AdamW), that the runner compiles apart: the gradient program is specialised to each
 batch shape, the update program to the parameters alone, so a run with several batch shapes compiles the
 optimiser once instead of once per shape (about a third of a train program's compile on a CPU).
-`train_step` is their composition, for callers that want one function.
+Calling a `TrainStep` (what `bind_steps` returns) runs both, for callers that want one function.
 """
 from __future__ import annotations
 
@@ -124,16 +124,9 @@ def apply_step(state: TrainState, grads: Any) -> TrainState:
     return state.apply_gradients(grads=grads)
 
 
-def train_step(state: TrainState, batch: dict, use_gold_filter: jax.Array, *, model: nn.Module,
-               phase: str, accum_steps: int = 1) -> tuple[TrainState, dict]:
-    """One optimisation step on this device's shard of the global batch: `grad_step`, then `apply_step`."""
-    grads, metrics = grad_step(state, batch, use_gold_filter, model=model, phase=phase, accum_steps=accum_steps)
-    return apply_step(state, grads), metrics
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-    """A train step as its two parts, for `Runner` to compile apart; calling it runs both (= `train_step`)."""
+    """A train step as its two parts, for `Runner` to compile apart; calling it runs one whole step."""
 
     grad: Callable[..., tuple[Any, dict]]  # (state, batch, use_gold_filter) -> (grads, metrics)
     apply: Callable[[Any, Any], Any]  # (state, grads) -> state
