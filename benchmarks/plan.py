@@ -89,7 +89,7 @@ def compile_step(setup, state_shapes, batch: dict, phase: str):
     from lai_jax.parallel import AXIS
     from lai_jax.steps import bind_steps
 
-    train_step, _ = bind_steps(setup.model, phase)
+    train_step, _ = bind_steps(setup.model, phase, ema_decay=setup.config.optim.ema_decay)
     mesh = Mesh(np.asarray(jax.devices()[:1]), (AXIS,))
     step = jax.jit(jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())),
                    donate_argnums=(0,))
@@ -136,7 +136,7 @@ def plan(config, devices: int, tflops: float) -> dict[str, Any]:
             _fail(f"XLA reports no FLOPs for the compiled step on {jax.devices()[0].platform}")
         per_shape.append({"slots": shape[0], "tokens": shape[1], "steps_per_epoch": n, "flop_per_step": flops * accum})
         largest = timing.memory_stats(compiled)
-    params, opt = _bytes(state.params), _bytes(state.opt_state)
+    params, opt = _bytes(state.params), _bytes(state.opt_state) + _bytes(state.ema_params)
     epoch_flops = sum(s["flop_per_step"] * s["steps_per_epoch"] for s in per_shape)
     epoch_s = epoch_flops / (tflops * 1e12)
     bert = setup.model.bert

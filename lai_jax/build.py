@@ -81,7 +81,7 @@ RANGES = {
     "model.span_loss_weight": (lambda v: v > 0, "> 0"), "model.width_dim": _at_least(0),
     "optim.learning_rate": (lambda v: v > 0, "> 0"), "optim.encoder_learning_rate": _at_least(0),
     "optim.warmup_ratio": _PROBABILITY, "optim.weight_decay": _at_least(0),
-    "optim.adam_eps": (lambda v: v > 0, "> 0"), "optim.grad_clip": _at_least(0),
+    "optim.adam_eps": (lambda v: v > 0, "> 0"), "optim.grad_clip": _at_least(0), "optim.ema_decay": _RATE,
 }
 
 
@@ -178,4 +178,6 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int,
         encoder_params = init_marker_embeddings(encoder_params, setup.featurizer.marker_sources(setup.config.phase))
     params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
-    return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
+    # A copy, not the same arrays: the runner donates the state's buffers, and one buffer cannot be donated twice.
+    ema = jax.tree.map(jnp.copy, params) if setup.config.optim.ema_decay > 0 else None
+    return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng, ema_params=ema)

@@ -183,6 +183,11 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.optim.adam_eps = 1e-8
     # Global gradient-norm clip (0 = off).
     c.optim.grad_clip = 1.0
+    # Exponential moving average of the parameters (Polyak averaging), updated after every step with the decay
+    # min(ema_decay, (1 + step) / (10 + step)); evaluation, the best-checkpoint choice, the saved parameters
+    # and RE's `re.init_from_ner` use the average, the optimiser keeps training the raw parameters.
+    # 0 = off (the paper's and the default).
+    c.optim.ema_decay = 0.0
 
     c.ner = ml_collections.ConfigDict()
     # Entity filter probability threshold at decoding.
@@ -221,6 +226,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # fraction of the others, drawn anew and weighted by the inverse rate (the loss keeps its expectation).
     # Evaluation always scores every subject. 1 = every subject (paper).
     c.re.negative_subject_rate = 1.0
+    # Whether those sampled subjects weigh the inverse rate (True: the loss keeps its full-data expectation) or
+    # 1 (False: as SpERT's sampled negatives, so the relation classes get a larger share of each step's gradient).
+    c.re.reweight_subjects = True
 
     c.eval = ml_collections.ConfigDict()
     # Symmetric relation types (labels.json "symmetric": true) in RE / RE+ scores: both (PL-Marker, so comparable

@@ -304,6 +304,7 @@ class TrainingSet:
         self.negatives = config.ner.train_negatives if phase == "ner" else 0
         self.hard = config.ner.hard_negatives
         self.subject_rate = config.re.negative_subject_rate if phase == "re" else 1.0
+        self.reweight = config.re.reweight_subjects
         self.seed, self.shapes, self._featurizer = config.seed, tuple(shapes), featurizer
         self._all = list(instances)
         if self.negatives > 0:
@@ -333,7 +334,7 @@ class TrainingSet:
             out += [self._all[i] for i in pos]
             k = _kept(len(neg), self.subject_rate)
             if k:
-                weight = len(neg) / k
+                weight = len(neg) / k if self.reweight else 1.0
                 out += [_reweighted(self._all[neg[j]], weight) for j in sorted(rng.choice(len(neg), k, replace=False))]
         return out
 
@@ -357,7 +358,8 @@ class TrainingSet:
             hard = f" ({self.hard} of them overlapping a gold span)" if self.hard else ""
             return f"{self.negatives} sampled negatives per window and epoch{hard}"
         if self.subject_rate < 1:
-            return f"{self.subject_rate:g} of the subjects without a relation per epoch"
+            weight = "inverse-rate weights" if self.reweight else "weight 1"
+            return f"{self.subject_rate:g} of the subjects without a relation per epoch, {weight}"
         return ""
 
 

@@ -27,8 +27,15 @@ FINITE = "finite"  # the train step's metric that flags a step whose loss, gradi
 
 
 class TrainState(train_state.TrainState):
-    """Params, optimiser state and step, plus the base dropout key (all of it is checkpointed)."""
+    """Params, optimiser state and step, plus the base dropout key and the parameters' moving average (None
+    unless `optim.ema_decay` > 0); all of it is checkpointed."""
     rng: jax.Array = struct.field(default=None)
+    ema_params: Any = struct.field(default=None)
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters a run evaluates and saves: the moving average when the run keeps one."""
+    return state.params if state.ema_params is None else state.ema_params
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
@@ -119,9 +126,18 @@ def grad_step(state: TrainState, batch: dict, use_gold_filter: jax.Array, *, mod
     return grads, metrics
 
 
-def apply_step(state: TrainState, grads: Any) -> TrainState:
-    """The optimiser update (global-norm clipping, AdamW) with `grad_step`'s gradients; the same on every device."""
-    return state.apply_gradients(grads=grads)
+def apply_step(state: TrainState, grads: Any, *, ema_decay: float = 0.0) -> TrainState:
+    """The optimiser update (global-norm clipping, AdamW) with `grad_step`'s gradients, then the moving average
+    of the parameters when the state keeps one; the same on every device."""
+    new = state.apply_gradients(grads=grads)
+    if new.ema_params is None:
+        return new
+    # The warm-up of the decay (as TensorFlow's ExponentialMovingAverage with num_updates) keeps the average
+    # from clinging to the initial parameters in short runs: 0.1 at step 0, 0.5 at step 8, 0.9 at step 80.
+    step = new.step.astype(jnp.float32)
+    d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), new.ema_params, new.params)
+    return new.replace(ema_params=ema)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +158,10 @@ def eval_step(params: Any, batch: dict, *, model: nn.Module) -> dict:
     return predict_probs(out)
 
 
-def bind_steps(model: nn.Module, phase: str, accum_steps: int = 1) -> tuple[TrainStep, Callable]:
-    """The train step (its two parts) and the eval step with the model, phase and micro-batch count closed over
-    (what the Runner maps)."""
+def bind_steps(model: nn.Module, phase: str, accum_steps: int = 1,
+               ema_decay: float = 0.0) -> tuple[TrainStep, Callable]:
+    """The train step (its two parts) and the eval step with the model, phase, micro-batch count and moving-average
+    decay closed over (what the Runner maps)."""
     grad = functools.partial(grad_step, model=model, phase=phase, accum_steps=accum_steps)
-    return TrainStep(grad, apply_step), functools.partial(eval_step, model=model)
+    apply = functools.partial(apply_step, ema_decay=ema_decay)
+    return TrainStep(grad, apply), functools.partial(eval_step, model=model)

@@ -22,7 +22,7 @@ from lai_jax.build import build, check_config, init_state
 from lai_jax.cli import UserError
 from lai_jax.config_base import absolute_paths, load_run_config, save_run_config
 from lai_jax.parallel import Runner, host_block, host_scalars
-from lai_jax.steps import FINITE, bind_steps
+from lai_jax.steps import FINITE, bind_steps, eval_params
 
 log = logging.getLogger("lai_jax")
 
@@ -180,7 +180,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     # Built once per run: every evaluation reuses them.
     eval_inst = {s: input_pipeline.make_instances(featurizer, config.phase, docs[s], ents.get(s)) for s in ("dev", "test")}
 
-    runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps))
+    runner = Runner(config.parallel, *bind_steps(setup.model, config.phase, config.grad_accum_steps,
+                                                   config.optim.ema_decay))
     global_batch = config.batch_size
     groups = training.groups
     steps_per_epoch = input_pipeline.num_batches(groups, global_batch)
@@ -266,7 +267,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
                     jax.block_until_ready(state)  # the steps' device time is counted as steps, not evaluation
             if evaluating:
                 with clock.time("evaluation"):
-                    dev_pred, dev_result = evaluation.evaluate_documents(runner, state.params, setup, docs["dev"],
+                    dev_pred, dev_result = evaluation.evaluate_documents(runner, eval_params(state), setup, docs["dev"],
                                                                         ents.get("dev"), "dev", eval_inst["dev"])
                 last_dev = (step, dev_pred, dev_result)
                 f1 = evaluation.selection_f1(config, dev_result)
@@ -278,7 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
                 with clock.time("checkpoint_waits"):  # dispatching device copies; the writes run in background
                     pmap = runner.mode == "pmap"
                     if f1 >= best_f1:  # ties: the later step, as in the evaluation's choice of the best
-                        ckpt.save_params(step, checkpoints.one_replica(state.params, pmap), f1)
+                        ckpt.save_params(step, checkpoints.one_replica(eval_params(state), pmap), f1)
                         best_f1 = f1
                     if evals_done % every_evals == 0 or step == total_steps:
                         ckpt.save_state(step, checkpoints.one_replica(state, pmap), f1, best_f1)
@@ -294,7 +295,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
 
     # Final report: the dev-selected checkpoint on dev and test.
     pmap = runner.mode == "pmap"  # a leading device axis on every leaf
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype), state.params)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if pmap else x.shape, x.dtype),
+                        eval_params(state))
     best_step, best = ckpt.restore_params(like)
     best = runner.put_state(best)
     results: dict[str, Any] = {"phase": config.phase, "dataset": config.dataset, "best_step": best_step,

@@ -96,7 +96,7 @@ def tiny_config(phase: str, encoder: str, /, **overrides):
             "per_device_eval_batch_size": 8, "model.gcn_heads": 2, "model.dropout": 0.1, "log_every_steps": 1,
             "num_epochs": 1,
             # The shapes and full enumeration the tests were written for (configs/quick.py now samples).
-            "num_buckets": 1, "ner.train_negatives": 0, "re.negative_subject_rate": 1.0,
+            "num_buckets": 1, "ner.train_negatives": 0, "re.negative_subject_rate": 1.0, "re.reweight_subjects": True,
             "re.re_decode": "sum", "re.type_constraints": False, "cold_start_epochs": 1 if phase == "ner" else 0,
             # The loss, decoding and rates they were calibrated with (quick.py's RE rates are higher now).
             "model.span_loss_weight": 1.0, "ner.overlap": "plmarker", "optim.learning_rate": 3e-3,

@@ -36,6 +36,7 @@ def test_paper_configs_match_the_paper(dataset, phase):
     assert not c.re.typed_markers  # one marker pair for every entity, as in the paper
     assert c.model.marker_init == "unused"  # markers are the reserved vocabulary rows, as in the paper
     assert c.model.span_pool == "none" and c.model.width_dim == 0  # spans as the paper represents them
+    assert c.optim.ema_decay == 0  # the trained parameters themselves are evaluated, as in the paper
     # Every head count divides the packaged encoder's hidden size (384) and BERT-base's (768).
     assert 384 % c.model.gcn_heads == 0 and 768 % c.model.gcn_heads == 0
 

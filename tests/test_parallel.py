@@ -97,3 +97,28 @@ def test_pmap_metrics_are_read_from_the_first_shard_without_a_device_op(tiny_run
         assert local[k].unsafe_buffer_pointer() == x.addressable_shards[0].data.unsafe_buffer_pointer(), k
     host = host_scalars(local)
     assert set(host) >= {"loss", "grad_norm", "finite"} and host["finite"] == 1.0 and host["loss"] > 0
+
+
+def test_moving_average_is_the_loop_over_raw_parameters_and_leaves_training_alone(tiny_run):
+    """`optim.ema_decay`: after each update the average is d * average + (1 - d) * parameters, with the warmed-up
+    decay d = min(decay, (1 + step) / (10 + step)), computed here by a host loop over the raw parameters; the
+    raw parameters follow the same path as without an average."""
+    from lai_jax.parallel import Runner
+    from lai_jax.steps import bind_steps, eval_params
+    setup, full, short, host0 = tiny_run
+    devices, decay = jax.devices()[:1], 0.25
+    plain = Runner("pmap", *bind_steps(setup.model, "ner"), devices=devices)
+    averaged = Runner("pmap", *bind_steps(setup.model, "ner", ema_decay=decay), devices=devices)
+    a, b = plain.put_state(host0), averaged.put_state(host0.replace(ema_params=jax.tree.map(np.copy, host0.params)))
+    want = jax.tree.map(np.float64, host0.params)
+    for t, batch in enumerate((full, short, full), start=1):
+        a, _ = plain.train(a, batch, True)
+        b, _ = averaged.train(b, batch, True)
+        raw = averaged.get_state(b).params
+        d = min(decay, (1 + t) / (10 + t))  # 0.18, 0.25, 0.25
+        want = jax.tree.map(lambda e, p: d * e + (1 - d) * np.float64(p), want, raw)
+        assert _max_diff(averaged.get_state(b).ema_params, want) < 1e-6
+        assert _max_diff(raw, plain.get_state(a).params) < 1e-6
+    got = averaged.get_state(b)
+    assert _max_diff(got.ema_params, got.params) > 1e-5  # the average lags the raw parameters
+    assert eval_params(got) is got.ema_params and eval_params(plain.get_state(a)) is not None

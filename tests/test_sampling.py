@@ -187,3 +187,26 @@ def test_re_subject_sampling_keeps_related_subjects_and_the_expected_loss(tiny_b
     se = draws.std(ddof=1) / np.sqrt(len(draws))
     assert se > 0 and abs(draws.mean() - total(inst)) <= 4 * se, (draws.mean(), total(inst), se)
     assert ts.epoch(3) is not ts.epoch(2) and [key(i) for i in ts.epoch(2)] != [key(i) for i in ts.epoch(3)]
+
+
+def test_re_subjects_drawn_without_reweighting_weigh_one(tiny_bert):
+    """`re.reweight_subjects=False`: the same draws (same seed), each drawn unrelated subject with weight 1, the
+    related ones untouched."""
+    runs = {}
+    for reweight in (True, False):
+        config = tiny_config("re", tiny_bert, **{"re.negative_subject_rate": 0.34, "data.train_limit": 40,
+                                                 "re.reweight_subjects": reweight})
+        setup = build_lib.build(config)
+        train = input_pipeline.load_splits(config, setup.labels)["train"]
+        featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "re", train, config.num_buckets)
+        ts = input_pipeline.TrainingSet(featurizer, "re", train, inst, shapes, config)
+        assert ("inverse-rate" in ts.sampling) == reweight
+        runs[reweight] = ts.epoch(1)
+    weighted, plain = runs[True], runs[False]
+    assert [(i.doc, i.sent, i.subject) for i in weighted] == [(i.doc, i.sent, i.subject) for i in plain]
+    for w, p in zip(weighted, plain):
+        related = (p.arrays["labels"] > 0).any()
+        real = p.arrays["cand_mask"]
+        assert np.all(p.arrays["cand_weight"][real] == 1.0)
+        if not related:
+            assert np.all(w.arrays["cand_weight"][real] > 1.0)  # the inverse rate, 3 of 1 / 0.34

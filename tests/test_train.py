@@ -138,6 +138,26 @@ def test_one_compile_per_phase_with_short_last_batch(tiny_bert, tmp_path):
     assert abs(sum(clock[p] for p in parts) - clock["total"]) < 0.05 + 0.01 * clock["total"]
 
 
+def test_moving_average_is_what_a_run_evaluates_and_saves(tiny_bert, tmp_path):
+    """With `optim.ema_decay` the best checkpoint holds the final state's average, not its raw parameters, and
+    the run's test scores are the average's (evaluate restores that checkpoint and scores the same)."""
+    import jax
+    from lai_jax import evaluate, train
+    from lai_jax.checkpoints import Checkpoints
+    config = tiny_config("ner", tiny_bert, **{"data.train_limit": 12, "batch_size": 4, "num_buckets": 1,
+                                              "optim.ema_decay": 0.5, "checkpoint_every_evals": 1})
+    result = train.train_and_evaluate(config, str(tmp_path))
+    state = Checkpoints(tmp_path / "checkpoints").restore_latest(None)
+    _, runner, best = evaluate.restore_run(tmp_path)
+    best = runner.get_state(best)
+    assert result["best_step"] == result["steps"]  # one evaluation, at the end
+    leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(t)]
+    for x, y in zip(leaves(best), leaves(state["ema_params"])):
+        np.testing.assert_array_equal(x, y)
+    assert max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(best), leaves(state["params"]))) > 1e-6
+    assert evaluate.evaluate_split(tmp_path, "test") == result["test"]
+
+
 def _final_params(workdir: Path):
     from lai_jax.checkpoints import Checkpoints
     ckpt = Checkpoints(workdir / "checkpoints")
