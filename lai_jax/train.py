@@ -127,6 +127,16 @@ def resume_step(config: ml_collections.ConfigDict, workdir: Path, resume: str = 
     return step, bool(changes)
 
 
+def with_average(state: Any, keep: bool) -> Any:
+    """`state` with a parameter average (`optim.ema_decay`) when `keep`, without one otherwise: a state resumed
+    with --resume=force after the average was switched on starts it from the restored parameters."""
+    if keep == (state.ema_params is not None):
+        return state
+    # A copy, not the same arrays (the runner donates the state's buffers); shapes (`like`) stay shapes.
+    copy = lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.numpy.array(x, copy=True)  # noqa: E731
+    return state.replace(ema_params=jax.tree.map(copy, state.params) if keep else None)
+
+
 def format_eta(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -166,6 +176,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     writer_process = jax.process_index() == 0
     workdir_p = Path(workdir)
     previous, changed = resume_step(config, workdir_p, resume)
+    # Read before config.json is rewritten: with --resume=force the saved state may have another layout.
+    saved_average = load_run_config(workdir_p).optim.ema_decay > 0 if changed else None
     setup = build(config)
     docs = input_pipeline.load_splits(config, setup.labels)
     ents = {s: evaluate.predicted_entities(config, s, docs[s]) for s in ("dev", "test")} if config.phase == "re" else {}
@@ -212,11 +224,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume:
     start_step, best_f1 = 0, -1.0
     if previous is not None:
         like = jax.eval_shape(lambda: state)  # shapes to restore against (the fresh state has Python scalars)
+        if saved_average is not None:
+            like = with_average(like, saved_average)
         resumed = ckpt.restore_state(like)  # the newest readable full state; None: every one is damaged
         if resumed is None:
             state = init_state(setup, sample, total_steps, initial_encoder(config))
         else:
             start_step, state, best_f1 = resumed
+            state = with_average(state, config.optim.ema_decay > 0)
             log.info("resumed from step %d (best dev F1 so far %.4f)", start_step, best_f1)
     state = runner.put_state(state)
     every_evals = config.checkpoint_every_evals  # >= 1 (build.RANGES)

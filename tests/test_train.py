@@ -158,6 +158,30 @@ def test_moving_average_is_what_a_run_evaluates_and_saves(tiny_bert, tmp_path):
     assert evaluate.evaluate_split(tmp_path, "test") == result["test"]
 
 
+def test_forced_resume_switches_the_moving_average_on_and_off(tiny_bert, tmp_path, caplog):
+    """--resume=force after `optim.ema_decay` changed: the saved state is restored in its own layout (not set aside
+    as damaged), the average starts from the restored parameters or is dropped, and training goes on."""
+    import jax
+    from lai_jax import train
+    from lai_jax.checkpoints import Checkpoints
+    base = {"data.train_limit": 12, "batch_size": 4, "num_buckets": 1, "eval_every_steps": 1,
+            "checkpoint_every_evals": 1}
+    steps = lambda n, decay: tiny_config("ner", tiny_bert, **base, **{"max_steps": n, "optim.ema_decay": decay})  # noqa: E731
+    leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(t)]  # noqa: E731
+    train.train_and_evaluate(steps(1, 0.0), str(tmp_path))
+    for n, decay in ((2, 0.5), (3, 0.0)):
+        before = Checkpoints(tmp_path / "checkpoints").restore_latest(None)
+        result = train.train_and_evaluate(steps(n, decay), str(tmp_path), resume="force")
+        assert result["steps"] == n and f"resumed from step {n - 1}" in caplog.text
+        assert not (tmp_path / "checkpoints" / "damaged").exists()
+        after = Checkpoints(tmp_path / "checkpoints").restore_latest(None)
+        assert (after.get("ema_params") is not None) == (decay > 0)
+        if decay:  # one update (to step 2) from the restored parameters: d = min(0.5, (1 + 2) / (10 + 2))
+            d = 3 / 12
+            for e, p0, p1 in zip(leaves(after["ema_params"]), leaves(before["params"]), leaves(after["params"])):
+                np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+
+
 def _final_params(workdir: Path):
     from lai_jax.checkpoints import Checkpoints
     ckpt = Checkpoints(workdir / "checkpoints")
