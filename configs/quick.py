@@ -30,7 +30,8 @@ def get_config(phase: str = "ner"):
     # The drawn subjects without a relation weigh 1, not the inverse rate (`re.reweight_subjects`), as SpERT's
     # sampled negatives: the relation classes get a larger share of each step's gradient. Dev RE+ over RE seeds
     # 0-3 on one NER run: 50.61 (49.49-51.78) against 48.84 (45.32-50.19), higher for every seed, recall 51-57 %
-    # against 44-51 %. README "Sampled RE subjects: weight 1".
+    # against 44-51 %; on a second NER run, two seeds: 44.44 / 48.16 against 46.79 / 47.69. README "Sampled RE
+    # subjects: weight 1".
     c.re.reweight_subjects = False
     c.data.eval_limit = 100
     c.max_text_len = 48
