@@ -16,7 +16,7 @@ from lai_jax.g4cn import EDGES, G4CN
 from lai_jax.data.labels import LabelSet, load_labels
 from lai_jax.input_pipeline import labels_path
 from lai_jax.models import SPAN_LOSS_NORMS, SPAN_POOLS, HeadConfig, LAINet
-from lai_jax.steps import TrainState, make_optimizer
+from lai_jax.steps import TrainState, make_optimizer, with_average
 
 
 @dataclasses.dataclass
@@ -178,6 +178,5 @@ def init_state(setup: Setup, sample: dict[str, np.ndarray], total_steps: int,
         encoder_params = init_marker_embeddings(encoder_params, setup.featurizer.marker_sources(setup.config.phase))
     params = setup.model.init_params(init_rng, sample, jax.tree.map(jnp.asarray, encoder_params))
     tx = make_optimizer(setup.config.optim, total_steps)
-    # A copy, not the same arrays: the runner donates the state's buffers, and one buffer cannot be donated twice.
-    ema = jax.tree.map(jnp.copy, params) if setup.config.optim.ema_decay > 0 else None
-    return TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng, ema_params=ema)
+    state = TrainState.create(apply_fn=setup.model.apply, params=params, tx=tx, rng=dropout_rng)
+    return with_average(state, setup.config.optim.ema_decay > 0)

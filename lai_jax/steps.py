@@ -38,6 +38,17 @@ def eval_params(state: TrainState) -> Any:
     return state.params if state.ema_params is None else state.ema_params
 
 
+def with_average(state: TrainState, keep: bool) -> TrainState:
+    """`state` with a parameter average (`optim.ema_decay`) starting from its parameters when `keep`, without one
+    otherwise (a fresh state, or one resumed with --resume=force after the setting changed); `state` may hold
+    shapes (`jax.eval_shape`) instead of arrays."""
+    if keep == (state.ema_params is not None):
+        return state
+    # A copy, not the same arrays: the runner donates the state's buffers, and one buffer cannot be donated twice.
+    copy = lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jnp.copy(x)  # noqa: E731
+    return state.replace(ema_params=jax.tree.map(copy, state.params) if keep else None)
+
+
 def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
     """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`."""
     warmup = max(1, int(total_steps * warmup_ratio))

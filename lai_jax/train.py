@@ -22,7 +22,7 @@ from lai_jax.build import build, check_config, init_state
 from lai_jax.cli import UserError
 from lai_jax.config_base import absolute_paths, load_run_config, save_run_config
 from lai_jax.parallel import Runner, host_block, host_scalars
-from lai_jax.steps import FINITE, bind_steps, eval_params
+from lai_jax.steps import FINITE, bind_steps, eval_params, with_average
 
 log = logging.getLogger("lai_jax")
 
@@ -125,16 +125,6 @@ def resume_step(config: ml_collections.ConfigDict, workdir: Path, resume: str = 
         log.warning("resuming %s from step %d with a changed config (--resume=force): %s; the old config is kept "
                     "as config.step%d.json", workdir, step, listed, step)
     return step, bool(changes)
-
-
-def with_average(state: Any, keep: bool) -> Any:
-    """`state` with a parameter average (`optim.ema_decay`) when `keep`, without one otherwise: a state resumed
-    with --resume=force after the average was switched on starts it from the restored parameters."""
-    if keep == (state.ema_params is not None):
-        return state
-    # A copy, not the same arrays (the runner donates the state's buffers); shapes (`like`) stay shapes.
-    copy = lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.numpy.array(x, copy=True)  # noqa: E731
-    return state.replace(ema_params=jax.tree.map(copy, state.params) if keep else None)
 
 
 def format_eta(seconds: float) -> str:
