@@ -143,10 +143,14 @@ def _manager(directory: Path, read_only: bool, keep: Optional[int] = None) -> oc
     """A manager of one folder of steps; `keep`: the newest steps kept. best_fn makes orbax record each save's
     metrics (read back by `Checkpoints.metrics`); the preservation policy alone decides what is deleted."""
     policy = None if read_only or keep is None else policies.LatestN(n=keep)
+    # Orbax names its multi-process barriers without the manager, and one manager's background finalize thread
+    # enters a barrier that the other's next save also enters from the main thread: with one key the two meet
+    # ("Barrier ... is already ongoing") and abort the run. A prefix per folder keeps each manager's own.
+    sync = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"lai_jax_{directory.name}")
     with _absl_errors_only():  # read-only managers warn that they will not save
         return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
             best_fn=_best_fn, best_mode="max", create=not read_only, read_only=read_only,
-            preservation_policy=policy))
+            preservation_policy=policy, multiprocessing_options=sync))
 
 
 def legacy_layout(root: Path) -> Optional[str]:

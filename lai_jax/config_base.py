@@ -199,6 +199,9 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # Of those negatives, this many drawn from the candidates that share a word with a gold span (boundary
     # errors) and the rest from the others, each stratum weighted by its own inverse rate. 0 = uniform draws.
     c.ner.hard_negatives = 0
+    # Whether those sampled negatives weigh their inverse sampling rate (True: the loss keeps its full-data
+    # expectation) or 1 (False: SpERT's sampled negatives; gold spans get a larger share of the loss).
+    c.ner.reweight_negatives = True
     # Overlapping predicted entities: plmarker (PL-Marker's evaluation: of overlapping spans with the same type
     # the higher-scoring one is kept; nested/overlapping spans of different types are all kept) | flat (greedy,
     # no overlaps at all, whatever the types) | none (keep everything). Replaces the old boolean ner.flat_ner.

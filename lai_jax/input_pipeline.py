@@ -304,7 +304,7 @@ class TrainingSet:
         self.negatives = config.ner.train_negatives if phase == "ner" else 0
         self.hard = config.ner.hard_negatives
         self.subject_rate = config.re.negative_subject_rate if phase == "re" else 1.0
-        self.reweight = config.re.reweight_subjects
+        self.reweight = config.ner.reweight_negatives if phase == "ner" else config.re.reweight_subjects
         self.seed, self.shapes, self._featurizer = config.seed, tuple(shapes), featurizer
         self._all = list(instances)
         if self.negatives > 0:
@@ -328,7 +328,8 @@ class TrainingSet:
     def _draw(self, epoch: int) -> list[Instance]:
         rng = np.random.default_rng([self.seed, epoch, 0x5A3])  # apart from the batch order's stream
         if self.negatives > 0:
-            return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng, self.hard)
+            return self._featurizer.sampled_ner_instances(self._windows, self.negatives, rng, self.hard,
+                                                          self.reweight)
         out = []
         for pos, neg in self._strata:
             out += [self._all[i] for i in pos]
@@ -356,7 +357,8 @@ class TrainingSet:
         """How training samples, for the log ("" = every candidate and subject)."""
         if self.negatives > 0:
             hard = f" ({self.hard} of them overlapping a gold span)" if self.hard else ""
-            return f"{self.negatives} sampled negatives per window and epoch{hard}"
+            weight = "inverse-rate weights" if self.reweight else "weight 1"
+            return f"{self.negatives} sampled negatives per window and epoch{hard}, {weight}"
         if self.subject_rate < 1:
             weight = "inverse-rate weights" if self.reweight else "weight 1"
             return f"{self.subject_rate:g} of the subjects without a relation per epoch, {weight}"

@@ -344,10 +344,10 @@ class Featurizer:
         return list(self._ner_windows(docs, True))
 
     def sampled_ner_instances(self, windows: Sequence[tuple], negatives: int, rng: np.random.Generator,
-                              hard: int = 0) -> list[Instance]:
+                              hard: int = 0, reweight: bool = True) -> list[Instance]:
         """Training instances holding every gold span of each window and `negatives` of its other candidates
         (`slots.sample_negatives`, `hard` of them from those overlapping a gold span), weighted by their inverse
-        sampling rate (`cand_weight`).
+        sampling rate (`cand_weight`), or 1 with `reweight=False`.
 
         A window's sampled slot count does not depend on the draw, so every epoch's instances have the same
         slots and tokens, in the same order: batch shapes and the epoch's batches stay fixed. Candidates go in
@@ -356,7 +356,7 @@ class Featurizer:
         K = self.cfg.max_candidates
         out = []
         for d, s, sp, spans, gold in windows:
-            chosen, weights = slots.sample_negatives(spans, gold, negatives, rng, hard)
+            chosen, weights = slots.sample_negatives(spans, gold, negatives, rng, hard, reweight)
             for lo in range(0, max(len(chosen), 1), K):
                 out.append(self._ner_instance(sp, chosen[lo:lo + K], gold, d, s, weights[lo:lo + K]))
         return out

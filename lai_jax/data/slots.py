@@ -101,7 +101,8 @@ def spans_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int, int]], negatives: int,
-                     rng: np.random.Generator, hard: int = 0) -> tuple[list[tuple[int, int]], list[float]]:
+                     rng: np.random.Generator, hard: int = 0, reweight: bool = True
+                     ) -> tuple[list[tuple[int, int]], list[float]]:
     """Every gold span of `spans` and `negatives` of its other spans drawn without replacement, in `spans`'
     order, each with a weight: 1 for gold, the inverse of its stratum's sampling rate for a drawn negative.
 
@@ -112,7 +113,8 @@ def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int,
     the draw.
     The weights make a weighted sum over the sample equal the sum over all `spans` in expectation, and
     the weights of a window add up to its number of candidates exactly (the loss normaliser is
-    unchanged). `negatives` <= 0 keeps every span with weight 1 (no sampling).
+    unchanged). `negatives` <= 0 keeps every span with weight 1 (no sampling). `reweight=False` gives the drawn
+    negatives weight 1 (the same draws; SpERT's sampled negatives).
     """
     gold = set(gold)
     neg = [i for i, sp in enumerate(spans) if sp not in gold]
@@ -131,6 +133,6 @@ def sample_negatives(spans: Sequence[tuple[int, int]], gold: Iterable[tuple[int,
     for members, k in strata:
         if k > 0:
             for j in rng.choice(len(members), k, replace=False).tolist():
-                weight[members[j]] = len(members) / k
+                weight[members[j]] = len(members) / k if reweight else 1.0
     keep = [i for i, sp in enumerate(spans) if sp in gold or i in weight]
     return [spans[i] for i in keep], [weight.get(i, 1.0) for i in keep]
