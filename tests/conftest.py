@@ -97,6 +97,7 @@ def tiny_config(phase: str, encoder: str, /, **overrides):
             "num_epochs": 1,
             # The shapes and full enumeration the tests were written for (configs/quick.py now samples).
             "num_buckets": 1, "ner.train_negatives": 0, "re.negative_subject_rate": 1.0, "re.reweight_subjects": True,
+            "ner.reweight_negatives": True,
             "re.re_decode": "sum", "re.type_constraints": False, "cold_start_epochs": 1 if phase == "ner" else 0,
             # The loss, decoding and rates they were calibrated with (quick.py's RE rates are higher now).
             "model.span_loss_weight": 1.0, "ner.overlap": "plmarker", "optim.learning_rate": 3e-3,

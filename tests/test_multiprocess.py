@@ -72,6 +72,31 @@ def launch(processes: int, devices: int, flags: list[str], guarded: list[Path], 
         raise AssertionError(f"{processes}-process run of {flags} failed or timed out:\n{tails}")
 
 
+def test_back_to_back_saves_on_two_processes(tmp_path):
+    """A new best saves params then the full state; on several processes each save is a collective, and orbax's
+    barrier inside one manager's save met the other's background finalize under one name ("Barrier ... is
+    already ongoing", an abort in about half of such runs before each manager got its own barrier names)."""
+    import jax
+    from lai_jax.checkpoints import KEEP_STATES, Checkpoints
+    saves, port, root = 40, free_port(), tmp_path / "checkpoints"
+    env = {**ENV, "XLA_FLAGS": subprocess_xla_flags("--xla_force_host_platform_device_count=1")}
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "tests/checkpoint_saves_worker.py", str(i), str(port), str(root),
+                               str(saves)], cwd=REPO, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT)
+             for i in range(2)]
+    try:
+        codes = [p.wait(timeout=120) for p in procs]  # a pass takes about 20 s; the old abort hung first
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], "\n".join(f"--- process {i}:\n{log.read_text()[-3000:]}" for i, log in enumerate(logs))
+    ckpt = Checkpoints(root, read_only=True)
+    assert ckpt.state_steps() == list(range(saves, saves - KEEP_STATES, -1))
+    like = {"w": jax.ShapeDtypeStruct((64, 64), np.float32), "step": jax.ShapeDtypeStruct((), np.int32)}
+    step, best = ckpt.restore_params(like)
+    assert step == saves and int(best["step"]) == saves and float(np.asarray(best["w"]).min()) == saves
+
+
 def run_phase(config: Path, phase: str, workdir: Path, parallel: str, processes: int, extra=()) -> None:
     flags = [f"--config={config}:{phase}", f"--workdir={workdir}", f"--config.parallel={parallel}", *extra]
     entities_from = [Path(f.partition("=")[2]) for f in extra if f.startswith("--config.re.entities_from=")]

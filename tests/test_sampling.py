@@ -210,3 +210,28 @@ def test_re_subjects_drawn_without_reweighting_weigh_one(tiny_bert):
         assert np.all(p.arrays["cand_weight"][real] == 1.0)
         if not related:
             assert np.all(w.arrays["cand_weight"][real] > 1.0)  # the inverse rate, 3 of 1 / 0.34
+
+
+@pytest.mark.parametrize("hard", [0, 2])
+def test_ner_negatives_drawn_without_reweighting_weigh_one(tiny_bert, hard):
+    """`ner.reweight_negatives=False`: the same spans drawn from the same seed, every kept slot with weight 1,
+    where the default weighs a drawn negative by its stratum's inverse rate."""
+    runs = {}
+    for reweight in (True, False):
+        config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 3, "ner.hard_negatives": hard,
+                                                  "ner.reweight_negatives": reweight})
+        setup = build_lib.build(config)
+        train = input_pipeline.load_splits(config, setup.labels)["train"]
+        featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "ner", train, config.num_buckets)
+        ts = input_pipeline.TrainingSet(featurizer, "ner", train, inst, shapes, config)
+        assert ("inverse-rate" in ts.sampling) == reweight and ("weight 1" in ts.sampling) != reweight
+        runs[reweight] = ts.epoch(1)
+    weighted, plain = runs[True], runs[False]
+    assert [(i.doc, i.sent, i.spans) for i in weighted] == [(i.doc, i.sent, i.spans) for i in plain]
+    negatives = 0
+    for w, p in zip(weighted, plain):
+        real, gold = p.arrays["cand_mask"] > 0, p.arrays["labels"] > 0
+        assert np.all(p.arrays["cand_weight"][real] == 1.0) and np.all(p.arrays["cand_weight"][~real] == 0.0)
+        assert np.all(w.arrays["cand_weight"][real & gold] == 1.0)
+        negatives += int(np.sum(w.arrays["cand_weight"][real & ~gold] > 1.0))
+    assert negatives > 0  # the default really reweights some drawn negatives
