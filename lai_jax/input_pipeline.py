@@ -288,7 +288,8 @@ class TrainingSet:
 
     With every candidate and subject (the paper) the instances are built once. Sampling draws anew each epoch
     from (seed, epoch) alone, so a resume rebuilds the same epoch, and weights what it draws by the inverse
-    sampling rate (`cand_weight`), so the loss keeps its expectation:
+    sampling rate (`cand_weight`), so the loss keeps its expectation, or by 1 (`ner.reweight_negatives`,
+    `re.reweight_subjects` False):
 
     * NER, `ner.train_negatives` > 0: every gold span of a window and that many of its other candidates
       (`Featurizer.sampled_ner_instances`). An instance keeps its slots and tokens from epoch to epoch.
