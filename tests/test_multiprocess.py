@@ -81,14 +81,16 @@ def test_back_to_back_saves_on_two_processes(tmp_path):
     saves, port, root = 40, free_port(), tmp_path / "checkpoints"
     env = {**ENV, "XLA_FLAGS": subprocess_xla_flags("--xla_force_host_platform_device_count=1")}
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    outs = [open(log, "w") for log in logs]
     procs = [subprocess.Popen([sys.executable, "tests/checkpoint_saves_worker.py", str(i), str(port), str(root),
-                               str(saves)], cwd=REPO, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT)
+                               str(saves)], cwd=REPO, env=env, stdout=outs[i], stderr=subprocess.STDOUT)
              for i in range(2)]
     try:
         codes = [p.wait(timeout=120) for p in procs]  # a pass takes about 20 s; the old abort hung first
     finally:
-        for p in procs:
+        for p, out in zip(procs, outs):
             p.kill()
+            out.close()
     assert codes == [0, 0], "\n".join(f"--- process {i}:\n{log.read_text()[-3000:]}" for i, log in enumerate(logs))
     ckpt = Checkpoints(root, read_only=True)
     assert ckpt.state_steps() == list(range(saves, saves - KEEP_STATES, -1))

@@ -107,18 +107,24 @@ def test_weighted_loss_over_samples_equals_the_full_loss_in_expectation(tiny_ber
         assert abs(values.mean() - full) <= 4 * se + 1e-4 * abs(full), (k, values.mean(), full, se)
 
 
+def _training_set(config) -> tuple[input_pipeline.TrainingSet, list, list]:
+    """The run's TrainingSet for `config.phase` as lai_jax.train builds it, with every instance of the full
+    enumeration and evaluation's shapes."""
+    setup = build_lib.build(config)
+    train = input_pipeline.load_splits(config, setup.labels)["train"]
+    featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, config.phase, train, config.num_buckets)
+    return input_pipeline.TrainingSet(featurizer, config.phase, train, inst, shapes, config), inst, shapes
+
+
 @pytest.mark.parametrize("hard", [0, 2])
 def test_sampled_epochs_keep_their_shapes_and_differ(tiny_bert, hard):
     config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 3, "ner.hard_negatives": hard})
-    setup = build_lib.build(config)
-    train = input_pipeline.load_splits(config, setup.labels)["train"]
-    featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "ner", train, config.num_buckets)
-    ts = input_pipeline.TrainingSet(featurizer, "ner", train, inst, shapes, config)
+    ts, _, shapes = _training_set(config)
     e0, e1 = ts.epoch(0), ts.epoch(1)
     assert [len(i.spans) for i in e0] == [len(i.spans) for i in e1]
     assert [input_pipeline.real_length(i) for i in e0] == [input_pipeline.real_length(i) for i in e1]
     assert [i.spans for i in e0] != [i.spans for i in e1]  # each epoch draws its own negatives
-    again = input_pipeline.TrainingSet(featurizer, "ner", train, inst, shapes, config)
+    again, _, _ = _training_set(config)
     assert [i.spans for i in again.epoch(1)] == [i.spans for i in e1]  # from (seed, epoch) alone: resumable
     assert max(k for k, _ in ts.shapes) < shapes[-1][0]  # training batches carry fewer slots than evaluation
     assert all(input_pipeline.shape_of(i, ts.shapes) is not None for i in e0)
@@ -165,10 +171,7 @@ def test_re_subject_sampling_keeps_related_subjects_and_the_expected_loss(tiny_b
     loss sum (per-slot losses held fixed) matches the full sum in expectation (4 standard errors; as in the NER
     test, unweighted draws miss by most of the unrelated subjects' share)."""
     config = tiny_config("re", tiny_bert, **{"re.negative_subject_rate": 0.34, "data.train_limit": 40})
-    setup = build_lib.build(config)
-    train = input_pipeline.load_splits(config, setup.labels)["train"]
-    featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "re", train, config.num_buckets)
-    ts = input_pipeline.TrainingSet(featurizer, "re", train, inst, shapes, config)
+    ts, inst, _ = _training_set(config)
     key = lambda i: (i.doc, i.sent, i.subject, tuple(i.spans))  # noqa: E731
     related = {key(i) for i in inst if (i.arrays["labels"] > 0).any()}
     unrelated = [i for i in inst if key(i) not in related]
@@ -196,10 +199,7 @@ def test_re_subjects_drawn_without_reweighting_weigh_one(tiny_bert):
     for reweight in (True, False):
         config = tiny_config("re", tiny_bert, **{"re.negative_subject_rate": 0.34, "data.train_limit": 40,
                                                  "re.reweight_subjects": reweight})
-        setup = build_lib.build(config)
-        train = input_pipeline.load_splits(config, setup.labels)["train"]
-        featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "re", train, config.num_buckets)
-        ts = input_pipeline.TrainingSet(featurizer, "re", train, inst, shapes, config)
+        ts, _, _ = _training_set(config)
         assert ("inverse-rate" in ts.sampling) == reweight
         runs[reweight] = ts.epoch(1)
     weighted, plain = runs[True], runs[False]
@@ -220,10 +220,7 @@ def test_ner_negatives_drawn_without_reweighting_weigh_one(tiny_bert, hard):
     for reweight in (True, False):
         config = tiny_config("ner", tiny_bert, **{"ner.train_negatives": 3, "ner.hard_negatives": hard,
                                                   "ner.reweight_negatives": reweight})
-        setup = build_lib.build(config)
-        train = input_pipeline.load_splits(config, setup.labels)["train"]
-        featurizer, inst, shapes = input_pipeline.plan_buckets(setup.featurizer, "ner", train, config.num_buckets)
-        ts = input_pipeline.TrainingSet(featurizer, "ner", train, inst, shapes, config)
+        ts, _, _ = _training_set(config)
         assert ("inverse-rate" in ts.sampling) == reweight and ("weight 1" in ts.sampling) != reweight
         runs[reweight] = ts.epoch(1)
     weighted, plain = runs[True], runs[False]
