@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -81,6 +82,27 @@ def test_second_load_does_not_rebuild(tfds_dir, monkeypatch):
     monkeypatch.setattr(tb._LaiBuilder, "_split_generators", no_build)
     assert tb.load_split("scierc", "dev", data_dir=tfds_dir) == first
     assert info.stat().st_mtime_ns == stamp
+
+
+_SLOW_BUILD = """
+import sys, time
+from lai_jax.data import tfds_builders as tb
+generate = tb._LaiBuilder._split_generators
+def slow(self, *args, **kwargs):
+    time.sleep(2)  # every process is inside its build at once unless builds are serialised
+    return generate(self, *args, **kwargs)
+tb._LaiBuilder._split_generators = slow
+print(len(tb.load_split("conll04", "dev", data_dir=sys.argv[1])))
+"""
+
+
+def test_runs_started_together_share_one_build(tmp_path):
+    # Two jobs launched at once on a fresh machine raced to rename the same build folder (FileExistsError).
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert [out.split()[-1] for out, _ in outs] == [str(len(_direct("conll04", "conll04_dev.json")))] * 3
 
 
 def test_changed_source_is_rebuilt_and_bad_source_fails(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ change, the next :func:`load_split` rebuilds instead of silently serving stale d
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -251,25 +253,39 @@ def get_builder(dataset: str, data_dir: Optional[str | os.PathLike] = None, fold
     if mdir is not None and not mdir.is_dir():
         raise DataError(mdir, dataset, "manual_dir", "directory not found")
 
-    builder = cls(data_dir=data_dir, **kwargs)
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=os.fspath(mdir) if mdir is not None else None,
-        # Feature statistics are never used here and would only slow the build down.
-        compute_stats=tfds.download.ComputeStatsMode.SKIP,
-    )
-    if builder.is_prepared():
-        stored = builder.info.metadata.get(_FINGERPRINT_KEY) if builder.info.metadata is not None else None
-        # ACE05 without manual_dir: the cached build is all there is, so trust it.
-        can_check = dataset != "ace05" or mdir is not None
-        if can_check and stored != _fingerprint(builder.source_files(mdir)[1]):
-            download_config.download_mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-            builder.download_and_prepare(download_config=download_config)
-            builder = cls(data_dir=data_dir, **kwargs)  # re-read the new dataset_info from disk
-        return builder
-    if dataset == "ace05" and mdir is None:
-        builder._source_dir(None)  # raises the explanatory DataError
-    builder.download_and_prepare(download_config=download_config)
-    return cls(data_dir=data_dir, **kwargs)
+    # Two runs started together on a fresh machine would both build and race to rename the same folder.
+    with _build_lock(Path(data_dir), cls.name):
+        builder = cls(data_dir=data_dir, **kwargs)
+        download_config = tfds.download.DownloadConfig(
+            manual_dir=os.fspath(mdir) if mdir is not None else None,
+            # Feature statistics are never used here and would only slow the build down.
+            compute_stats=tfds.download.ComputeStatsMode.SKIP,
+        )
+        if builder.is_prepared():
+            stored = builder.info.metadata.get(_FINGERPRINT_KEY) if builder.info.metadata is not None else None
+            # ACE05 without manual_dir: the cached build is all there is, so trust it.
+            can_check = dataset != "ace05" or mdir is not None
+            if can_check and stored != _fingerprint(builder.source_files(mdir)[1]):
+                download_config.download_mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+                builder.download_and_prepare(download_config=download_config)
+                builder = cls(data_dir=data_dir, **kwargs)  # re-read the new dataset_info from disk
+            return builder
+        if dataset == "ace05" and mdir is None:
+            builder._source_dir(None)  # raises the explanatory DataError
+        builder.download_and_prepare(download_config=download_config)
+        return cls(data_dir=data_dir, **kwargs)
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir: Path, name: str) -> Iterator[None]:
+    """An exclusive lock (across processes) on building one dataset in ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_split(dataset: str, split: str, data_dir: Optional[str | os.PathLike] = None, fold: Optional[int] = 0,
