@@ -76,7 +76,8 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     c.eval_buckets = 0
     # Annotation segment on/off; False is the paper's "w/o 1st round" ablation (and disables G4CN).
     c.use_annotations = True
-    # Partial attention preset: invisible (paper's best) | visible | full | plmarker.
+    # Partial attention preset: invisible (paper's best) | visible | full | plmarker | isolated (text and
+    # annotations read no marker, a marker reads text, annotations and its partner: lai_jax/data/masks.py).
     c.attention_mask = "invisible"
     # Explicit 3x3 (TEXT, ANNO, MARKER) query-sees-key table; empty = use the preset.
     c.visibility = ()

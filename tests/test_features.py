@@ -188,16 +188,17 @@ def test_typed_markers_need_the_reserved_tokens(labels):
 def _expected(preset, gq, gk, q, k, partner):
     if gq == masks.PAD or gk == masks.PAD:
         return q == k
-    if preset == "plmarker" and gq == gk == masks.MARKER:
+    if preset in ("plmarker", "isolated") and gq == gk == masks.MARKER:
         return q == k or partner[q] == k
     table = {"invisible": {(1, 1): 1, (1, 2): 0, (1, 3): 1, (2, 1): 0, (2, 2): 1, (2, 3): 1, (3, 1): 1, (3, 2): 1, (3, 3): 1},
              "visible": {(1, 1): 1, (1, 2): 1, (1, 3): 1, (2, 1): 1, (2, 2): 1, (2, 3): 0, (3, 1): 1, (3, 2): 0, (3, 3): 1},
              "full": {(a, b): 1 for a in (1, 2, 3) for b in (1, 2, 3)},
-             "plmarker": {(1, 1): 1, (1, 2): 0, (1, 3): 0, (2, 1): 0, (2, 2): 1, (2, 3): 0, (3, 1): 1, (3, 2): 0}}
+             "plmarker": {(1, 1): 1, (1, 2): 0, (1, 3): 0, (2, 1): 0, (2, 2): 1, (2, 3): 0, (3, 1): 1, (3, 2): 0},
+             "isolated": {(1, 1): 1, (1, 2): 0, (1, 3): 0, (2, 1): 1, (2, 2): 1, (2, 3): 0, (3, 1): 1, (3, 2): 1}}
     return bool(table[preset][(gq, gk)])
 
 
-@pytest.mark.parametrize("preset", ["invisible", "visible", "full", "plmarker"])
+@pytest.mark.parametrize("preset", ["invisible", "visible", "full", "plmarker", "isolated"])
 def test_mask_presets_cell_by_cell(tok, labels, preset):
     f = make_featurizer(tok, labels, max_candidates=6)
     a = f.ner_instances([long_doc(6)])[0][0].arrays

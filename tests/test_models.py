@@ -226,3 +226,28 @@ def test_marker_init_brackets_starts_marker_rows_as_their_sources(tiny_bert):
     np.testing.assert_array_equal(tables["brackets"][end], pretrained[vocab["]"]])
     changed = np.flatnonzero((tables["brackets"] != pretrained).any(axis=1))
     assert sorted(changed) == sorted({start, end})
+
+
+@pytest.mark.parametrize("preset,independent", [("isolated", True), ("invisible", False)])
+def test_isolated_mask_makes_a_candidate_independent_of_its_instance_mates(env, preset, independent):
+    # Sampled training keeps every gold span and draws negatives, so under a mask in which markers reach other
+    # candidates (the paper's `invisible`) a training instance is another context than evaluation's full one.
+    bert, enc_params, tok, labels = env
+    head = HeadConfig(phase="ner", num_classes=1 + len(labels.entity_types), gcn_layers=0,
+                      visibility=tuple(map(tuple, masks.visibility_table(preset).tolist())),
+                      partner_only=preset in masks.PARTNER_ONLY)
+    logits = {}
+    for slots in (40, 6):  # every candidate in one instance; the same candidates split six per instance
+        f = features.Featurizer(tok, labels, features.FeatureConfig(max_text_len=24, max_span_len=3,
+                                                                    max_candidates=slots))
+        insts = f.ner_instances([doc()])[0]
+        batch = input_pipeline.stack(insts)
+        model = LAINet(bert, head)
+        params = logits.get("params") or init(model, batch, enc_params)
+        logits["params"] = params
+        out = np.asarray(jax.jit(model.apply)({"params": params}, batch)["logits"])
+        logits[slots] = {span: out[i, k] for i, inst in enumerate(insts) for k, span in enumerate(inst.spans)}
+        assert len(insts) == (1 if slots == 40 else -(-len(logits[slots]) // 6))
+    assert logits[40].keys() == logits[6].keys() and len(logits[6]) > 12
+    gap = max(np.abs(logits[40][s] - logits[6][s]).max() for s in logits[6])
+    assert (gap < 1e-5) if independent else (gap > 1e-3), gap

@@ -18,9 +18,14 @@ PRESETS: dict[str, tuple[tuple[int, int, int], ...]] = {
     "visible": ((1, 1, 1), (1, 1, 0), (1, 0, 1)),
     "full": ((1, 1, 1), (1, 1, 1), (1, 1, 1)),
     "plmarker": ((1, 0, 0), (0, 1, 0), (1, 0, 1)),
+    # The paper's interaction without the routes by which one candidate's markers reach another candidate:
+    # text and annotations read no marker and a marker reads the text, the annotations and its own partner.
+    # A candidate's encoding then does not depend on which other candidates share its instance, so a sampled
+    # training instance (gold spans always present, negatives drawn) is the same context as evaluation's.
+    "isolated": ((1, 0, 0), (1, 1, 0), (1, 1, 1)),
 }
 # Presets in which a marker sees only itself and its partner among the markers (PL-Marker's rule).
-PARTNER_ONLY = frozenset({"plmarker"})
+PARTNER_ONLY = frozenset({"plmarker", "isolated"})
 
 
 def visibility_table(preset: str, visibility: Sequence[Sequence[int]] | None = None) -> np.ndarray:
