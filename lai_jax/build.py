@@ -15,7 +15,7 @@ from lai_jax.data import features, masks
 from lai_jax.g4cn import EDGES, G4CN
 from lai_jax.data.labels import LabelSet, load_labels
 from lai_jax.input_pipeline import labels_path
-from lai_jax.models import SPAN_LOSS_NORMS, SPAN_POOLS, HeadConfig, LAINet
+from lai_jax.models import GCN_EDGES, SPAN_LOSS_NORMS, SPAN_POOLS, HeadConfig, LAINet
 from lai_jax.steps import TrainState, make_optimizer, with_average
 
 
@@ -51,7 +51,7 @@ CHOICES = {"ner.overlap": decoding.NER_OVERLAP_RULES, "re.re_decode": decoding.R
            "eval.select_average": metrics_lib.AVERAGES, "attention_mask": tuple(masks.PRESETS),
            "model.edge": EDGES, "model.dtype": ("auto", *DTYPES), "parallel": ("pmap", "shard_map"),
            "model.dropout_bits": (8, 16, 32), "model.marker_init": MARKER_INITS,
-           "model.span_pool": SPAN_POOLS}
+           "model.span_pool": SPAN_POOLS, "model.gcn_edges": GCN_EDGES}
 
 
 def _at_least(low: float):

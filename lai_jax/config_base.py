@@ -109,6 +109,10 @@ def base_config(dataset: str, phase: str) -> ml_collections.ConfigDict:
     # Start the G4CN's last output projection at zero, so the graph begins as a no-op and is learned from
     # there (False: random init, which adds a random projection of every node to the candidates).
     c.model.gcn_zero_init = False
+    # Which nodes the G4CN's nodes aggregate: "all" (the paper's dense graph over candidates and annotations) or
+    # "labels" (the annotation nodes only; each node keeps its own features). With "labels" and the `isolated`
+    # attention mask, a candidate's logits do not depend on which other candidates share its instance.
+    c.model.gcn_edges = "all"
     # Where the marker tokens' embeddings start: "unused" (the reserved vocabulary rows as the encoder has them,
     # as in the paper and PL-Marker) or "brackets" (the mean embedding of "[" / "]" for levitated markers, "<" /
     # ">" for RE subjects, plus the type's annotation wordpieces for typed RE markers; Featurizer.marker_sources).

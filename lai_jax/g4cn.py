@@ -91,12 +91,14 @@ def gaussian_kl_matrix(
 
 
 def build_adjacency(
-    mu: jnp.ndarray, sigma: jnp.ndarray, node_mask: jnp.ndarray, edge: str = "kl"
+    mu: jnp.ndarray, sigma: jnp.ndarray, node_mask: jnp.ndarray, edge: str = "kl",
+    source_mask: Optional[jnp.ndarray] = None,
 ) -> jnp.ndarray:
     """Masked multi-head adjacency ``[B, H, n, n]`` from ``mu, sigma: [B, H, n, g]``.
 
     Row ``i`` is what node ``i`` aggregates; ``A[b, h, i, j]`` is ``KL(N_i || N_j)`` (or its
-    ``exp(-.)``), zero wherever ``i`` or ``j`` is a padded node.
+    ``exp(-.)``), zero wherever ``i`` or ``j`` is a padded node, and wherever node ``j`` is not in
+    ``source_mask`` ``[B, n]`` (the nodes others may read; None = every real node).
     """
     if edge not in EDGES:
         raise ValueError(f"edge must be one of {EDGES}, got {edge!r}")
@@ -104,6 +106,8 @@ def build_adjacency(
     kl = gaussian_kl_matrix(mu, sigma, mask=m)
     adj = kl if edge == "kl" else jnp.exp(-kl)
     pair = m[..., :, None] & m[..., None, :]
+    if source_mask is not None:
+        pair = pair & source_mask[:, None, None, :].astype(bool)
     return jnp.where(pair, adj, jnp.zeros((), adj.dtype))
 
 
@@ -233,9 +237,14 @@ class G4CN(nn.Module):
 
     @nn.compact
     def __call__(
-        self, nodes: jnp.ndarray, node_mask: jnp.ndarray, deterministic: bool = True
+        self, nodes: jnp.ndarray, node_mask: jnp.ndarray, deterministic: bool = True,
+        source_mask: Optional[jnp.ndarray] = None,
     ) -> jnp.ndarray:
-        """nodes ``[B, n, d]`` (candidates then annotations), node_mask ``[B, n]`` -> ``[B, n, d]``."""
+        """nodes ``[B, n, d]`` (candidates then annotations), node_mask ``[B, n]`` -> ``[B, n, d]``.
+
+        ``source_mask`` ``[B, n]``: the nodes whose features others aggregate (None = all real nodes); every
+        node still keeps its own features (the GCN's self term).
+        """
         if self.gcn_layers == 0:
             return nodes
         if nodes.shape[-1] != self.hidden:
@@ -252,7 +261,7 @@ class G4CN(nn.Module):
         gp = jnp.transpose(gp.reshape(B, n, H, 2, g), (0, 2, 1, 3, 4))  # [B, H, n, 2, g]
         mu = gp[..., 0, :]
         sigma = nn.softplus(gp[..., 1, :]) + self.sigma_eps
-        adj = build_adjacency(mu, sigma, node_mask, self.edge)  # once, shared by all blocks
+        adj = build_adjacency(mu, sigma, node_mask, self.edge, source_mask)  # once, shared by all blocks
         self.sow("intermediates", "adjacency", adj)
         denom = jnp.sum(adj, axis=-1, keepdims=True) + 1.0
 

@@ -22,6 +22,7 @@ from lai_jax.g4cn import G4CN
 
 SPAN_LOSS_NORMS = ("candidates", "kept")
 SPAN_POOLS = ("none", "mean")
+GCN_EDGES = ("all", "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class HeadConfig:
     visibility: tuple = ()  # 4x4 group table from masks.visibility_table, as nested tuples
     partner_only: bool = False  # PL-Marker rule: a marker sees only itself and its partner among markers
     gcn_zero_init: bool = False  # G4CN's last projection starts at 0 (H~ = H/2 at init)
+    gcn_edges: str = "all"  # "labels": nodes aggregate the annotation nodes only (and keep their own features)
     filter_gate_threshold: float = 0.5  # filter probability above which a span reaches the classifier in training
     classifier_keeps_gold: bool = False  # the classifier also trains on gold spans the filter misses
     filter_pos_weight: float = 1.0  # weight of the entity class in L_filter (1 = the paper's plain mean)
@@ -143,9 +145,13 @@ class LAIHeads(nn.Module):
                 [gather_tokens(h, batch["anno_start"]), gather_tokens(h, batch["anno_end"])], axis=-1))
             nodes = jnp.concatenate([cand, anno.astype(cand.dtype)], axis=1)
             node_mask = jnp.concatenate([batch["cand_mask"], jnp.ones(anno.shape[:2], bool)], axis=1)
+            sources = None
+            if cfg.gcn_edges == "labels":  # no candidate reads another: its output does not depend on its mates
+                sources = jnp.concatenate([jnp.zeros_like(batch["cand_mask"]), jnp.ones(anno.shape[:2], bool)], axis=1)
             g = G4CN(hidden=d, gcn_layers=cfg.gcn_layers, gcn_sublayers=cfg.gcn_sublayers, gcn_heads=cfg.gcn_heads,
                      gauss_dim=cfg.gauss_dim, edge=cfg.edge, dropout=cfg.dropout, dropout_bits=cfg.dropout_bits,
-                     zero_init_out=cfg.gcn_zero_init, dtype=self.dtype, name="g4cn")(nodes, node_mask, deterministic=deterministic)
+                     zero_init_out=cfg.gcn_zero_init, dtype=self.dtype, name="g4cn")(
+                         nodes, node_mask, deterministic=deterministic, source_mask=sources)
             cand = 0.5 * (cand + g[:, :cand.shape[1]])
         # The classifier and filter compute in float32 whatever `dtype`: tiny matmuls, and their logits feed the
         # softmax losses and the decoding thresholds directly.

@@ -37,6 +37,7 @@ def test_paper_configs_match_the_paper(dataset, phase):
     assert c.model.marker_init == "unused"  # markers are the reserved vocabulary rows, as in the paper
     assert c.model.span_pool == "none" and c.model.width_dim == 0  # spans as the paper represents them
     assert c.optim.ema_decay == 0  # the trained parameters themselves are evaluated, as in the paper
+    assert c.attention_mask == "invisible" and not c.visibility  # the paper's best partial attention (Table 4)
     # Every head count divides the packaged encoder's hidden size (384) and BERT-base's (768).
     assert 384 % c.model.gcn_heads == 0 and 768 % c.model.gcn_heads == 0
 

@@ -305,6 +305,11 @@ def test_build_adjacency_masks_and_direction() -> None:
     keep = mask[0]
     np.testing.assert_allclose(adj[0][:, keep][:, :, keep], ref[0][:, keep][:, :, keep], atol=1e-5)
     assert np.all(adj[0, :, 3, :] == 0) and np.all(adj[0, :, :, 3] == 0)
+    # Only the source nodes' columns stay (model.gcn_edges="labels": the annotation nodes).
+    sources = np.array([[False, False, True, True, True]] * 2)
+    only = np.asarray(jax.jit(build_adjacency, static_argnums=3)(mu, sigma, mask, "kl", sources))
+    assert np.all(only[:, :, :, :2] == 0)
+    np.testing.assert_array_equal(only[:, :, :, 2:], adj[:, :, :, 2:])
 
 
 @pytest.mark.slow  # a fresh process compiling ~8 small programs: ~10 s on 2 CPU cores

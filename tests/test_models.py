@@ -228,12 +228,17 @@ def test_marker_init_brackets_starts_marker_rows_as_their_sources(tiny_bert):
     assert sorted(changed) == sorted({start, end})
 
 
-@pytest.mark.parametrize("preset,independent", [("isolated", True), ("invisible", False)])
-def test_isolated_mask_makes_a_candidate_independent_of_its_instance_mates(env, preset, independent):
-    # Sampled training keeps every gold span and draws negatives, so under a mask in which markers reach other
-    # candidates (the paper's `invisible`) a training instance is another context than evaluation's full one.
+@pytest.mark.parametrize("preset,gcn_layers,gcn_edges,independent", [
+    ("isolated", 0, "all", True), ("isolated", 2, "labels", True), ("invisible", 0, "all", False),
+    ("isolated", 2, "all", False), ("invisible", 2, "labels", False)])
+def test_isolated_mask_makes_a_candidate_independent_of_its_instance_mates(env, preset, gcn_layers, gcn_edges,
+                                                                           independent):
+    # Sampled training keeps every gold span and draws negatives, so where one candidate reaches another (the
+    # paper's `invisible` markers, the G4CN's candidate-candidate edges) a training instance is another context
+    # than evaluation's, which holds every candidate.
     bert, enc_params, tok, labels = env
-    head = HeadConfig(phase="ner", num_classes=1 + len(labels.entity_types), gcn_layers=0,
+    head = HeadConfig(phase="ner", num_classes=1 + len(labels.entity_types), gcn_layers=gcn_layers, gcn_heads=2,
+                      gcn_edges=gcn_edges,
                       visibility=tuple(map(tuple, masks.visibility_table(preset).tolist())),
                       partner_only=preset in masks.PARTNER_ONLY)
     logits = {}
@@ -245,7 +250,8 @@ def test_isolated_mask_makes_a_candidate_independent_of_its_instance_mates(env, 
         model = LAINet(bert, head)
         params = logits.get("params") or init(model, batch, enc_params)
         logits["params"] = params
-        out = np.asarray(jax.jit(model.apply)({"params": params}, batch)["logits"])
+        out = jax.jit(model.apply)({"params": params}, batch)
+        out = np.concatenate([np.asarray(out["logits"]), np.asarray(out["filter_logits"])], axis=-1)
         logits[slots] = {span: out[i, k] for i, inst in enumerate(insts) for k, span in enumerate(inst.spans)}
         assert len(insts) == (1 if slots == 40 else -(-len(logits[slots]) // 6))
     assert logits[40].keys() == logits[6].keys() and len(logits[6]) > 12
