@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path):
     and the traceback on demand. Each fails before any model is built."""
     main = ["-m", "lai_jax.main", f"--workdir={tmp_path / 'run'}"]
     assert_one_error_line(cli(main + ["--config=configs/quick.py:ner", "--config.model.gcn_head=2"]),
-                          "--config.model.gcn_head=2", "did you mean model.gcn_heads?")
+                          "--config.model.gcn_head=2", "did you mean model.gcn_heads or model.gcn_edges?")
     assert_one_error_line(cli(main + ["--config=configs/nope.py:ner"]), "config file 'configs/nope.py' not found")
     assert not (tmp_path / "run").exists()
     assert_one_error_line(cli(["-m", "lai_jax.evaluate", f"--workdir={tmp_path}"]),
