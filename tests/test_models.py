@@ -241,15 +241,13 @@ def test_isolated_mask_makes_a_candidate_independent_of_its_instance_mates(env, 
                       gcn_edges=gcn_edges,
                       visibility=tuple(map(tuple, masks.visibility_table(preset).tolist())),
                       partner_only=preset in masks.PARTNER_ONLY)
-    logits = {}
+    model, params, logits = LAINet(bert, head), None, {}
     for slots in (40, 6):  # every candidate in one instance; the same candidates split six per instance
         f = features.Featurizer(tok, labels, features.FeatureConfig(max_text_len=24, max_span_len=3,
                                                                     max_candidates=slots))
         insts = f.ner_instances([doc()])[0]
         batch = input_pipeline.stack(insts)
-        model = LAINet(bert, head)
-        params = logits.get("params") or init(model, batch, enc_params)
-        logits["params"] = params
+        params = init(model, batch, enc_params) if params is None else params
         out = jax.jit(model.apply)({"params": params}, batch)
         out = np.concatenate([np.asarray(out["logits"]), np.asarray(out["filter_logits"])], axis=-1)
         logits[slots] = {span: out[i, k] for i, inst in enumerate(insts) for k, span in enumerate(inst.spans)}
